@@ -1,0 +1,1 @@
+"""bpf-auditd core: configuration, events, enrichment, policy and daemon lifecycle."""

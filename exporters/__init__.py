@@ -1,0 +1,1 @@
+"""Outputs of bpf-auditd: Prometheus metrics and alert streams."""

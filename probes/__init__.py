@@ -1,0 +1,1 @@
+"""Kernel side of bpf-auditd: BPF C sources and the thin Python that loads them and decodes their records."""
