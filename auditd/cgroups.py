@@ -1,0 +1,125 @@
+"""Cgroup id → cgroup v2 path → service name.
+
+`bpf_get_current_cgroup_id()` is the inode number of the task's cgroup v2 directory, so the
+path is found by walking the cgroup2 mount once and caching; a miss triggers a rate-limited
+rescan. Paths of removed cgroups stay cached, so late counters are still attributed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT_SERVICE = "host"
+UNKNOWN_SERVICE = "unknown"
+
+_CONTAINER_SCOPE = re.compile(r"^(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{12,64})\.scope$")
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def find_cgroup2_mount(proc: Path) -> Path | None:
+    """The cgroup v2 mount point from /proc/self/mountinfo (unified or hybrid layout)."""
+    try:
+        lines = (proc / "self" / "mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        if sep and right.split(" ", 1)[0] == "cgroup2":
+            return Path(left.split(" ")[4].replace("\\040", " "))
+    return None
+
+
+def service_of(path: str) -> str:
+    """The service a cgroup path belongs to, in the words operators use for it.
+
+    systemd: the innermost `*.service` (delegated sub-cgroups belong to their service);
+    containers: `container:<12-hex id>`; LinuxKit and plain hierarchies: the last component;
+    the root cgroup: "host".
+    """
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return ROOT_SERVICE
+    for part in reversed(parts):
+        if m := _CONTAINER_SCOPE.match(part):
+            return f"container:{m.group(1)[:12]}"
+        if _CONTAINER_ID.match(part):
+            return f"container:{part[:12]}"
+    for part in reversed(parts):
+        if part.endswith(".service"):
+            return part
+    return parts[-1]
+
+
+class CgroupResolver:
+    """Thread-safe cache of cgroup id → path (relative to the cgroup2 root, starting with '/')."""
+
+    def __init__(
+        self,
+        root: Path | None,
+        *,
+        min_rescan_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root = root
+        self._paths: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._min_interval = min_rescan_interval
+        self._last_scan = float("-inf")
+        self.scans = 0
+
+    def cached(self, cgroup_id: int) -> str | None:
+        return self._paths.get(cgroup_id)
+
+    def path(self, cgroup_id: int) -> str | None:
+        """The path, rescanning (at most once per interval) on a miss. Blocks on the walk."""
+        found = self._paths.get(cgroup_id)
+        if found is None and self._clock() - self._last_scan >= self._min_interval:
+            self.rescan()
+            found = self._paths.get(cgroup_id)
+        return found
+
+    def service(self, cgroup_id: int) -> str:
+        found = self.path(cgroup_id)
+        return UNKNOWN_SERVICE if found is None else service_of(found)
+
+    def rescan(self) -> None:
+        with self._lock:
+            self._last_scan = self._clock()
+            if self.root is None:
+                return
+            found = _walk(self.root)
+            self._paths.update(found)
+            self.scans += 1
+
+    def alive(self, cgroup_id: int) -> bool:
+        """Whether the cgroup still exists (its directory is there with the same inode)."""
+        rel = self._paths.get(cgroup_id)
+        if rel is None or self.root is None:
+            return False
+        try:
+            return os.stat(self.root / rel.lstrip("/")).st_ino == cgroup_id
+        except OSError:
+            return False
+
+
+def _walk(root: Path) -> dict[int, str]:
+    found: dict[int, str] = {}
+    stack = [(str(root), "/")]
+    while stack:
+        fs_path, rel = stack.pop()
+        try:
+            found[os.stat(fs_path).st_ino] = rel
+            with os.scandir(fs_path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = rel.rstrip("/") + "/" + entry.name
+                        stack.append((entry.path, child))
+        except OSError:  # removed while walking
+            continue
+    return found
