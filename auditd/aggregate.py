@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from auditd.cgroups import CgroupResolver
 from auditd.events import Source, errno_name
@@ -28,23 +28,28 @@ class CounterKeyLike(Protocol):
     def errno(self) -> int: ...
 
 
-class CounterSource(Protocol):
+K = TypeVar("K", bound=CounterKeyLike)
+
+
+class CounterSource(Protocol[K]):
     """The kernel's exact counter map, as the probe side exposes it."""
 
-    def read(self) -> Mapping[CounterKeyLike, int]: ...
-    def delete(self, keys: Iterable[CounterKeyLike]) -> None: ...
+    def read(self) -> Mapping[K, int]: ...
+    def delete(self, keys: Iterable[K]) -> None: ...
     def unattributed(self) -> int: ...
 
 
-class DenialTotals:
-    def __init__(self, source: CounterSource, resolver: CgroupResolver, services: LabelCap) -> None:
+class DenialTotals(Generic[K]):
+    def __init__(
+        self, source: CounterSource[K], resolver: CgroupResolver, services: LabelCap
+    ) -> None:
         self._source = source
         self._resolver = resolver
         self._services = services
         self._retired: Counter[DenialSeries] = Counter()
         self._lock = threading.Lock()
 
-    def _series(self, key: CounterKeyLike) -> DenialSeries:
+    def _series(self, key: K) -> DenialSeries:
         return DenialSeries(
             service=self._services(self._resolver.service(key.cgroup_id)),
             source=key.source.value,
@@ -67,7 +72,11 @@ class DenialTotals:
         """Fold counters of removed cgroups into `retired`; returns how many keys were retired.
         Blocks (map read, stat calls)."""
         with self._lock:
-            gone = {k: n for k, n in self._source.read().items() if not self._resolver.alive(k.cgroup_id)}
+            gone = {
+                k: n
+                for k, n in self._source.read().items()
+                if not self._resolver.alive(k.cgroup_id)
+            }
             # Only cgroups we once saw can be known dead; unknown ids are left for a later pass.
             gone = {k: n for k, n in gone.items() if self._resolver.cached(k.cgroup_id) is not None}
             for key, count in gone.items():

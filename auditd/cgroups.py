@@ -63,6 +63,7 @@ class CgroupResolver:
         root: Path | None,
         *,
         min_rescan_interval: float = 1.0,
+        new_id_rescan_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
@@ -70,6 +71,9 @@ class CgroupResolver:
         self._lock = threading.Lock()
         self._clock = clock
         self._min_interval = min_rescan_interval
+        self._new_id_interval = new_id_rescan_interval
+        # Ids a full scan did not find (a cgroup gone before we looked): retried only slowly.
+        self._missed: set[int] = set()
         self._last_scan = float("-inf")
         self.scans = 0
 
@@ -77,11 +81,22 @@ class CgroupResolver:
         return self._paths.get(cgroup_id)
 
     def path(self, cgroup_id: int) -> str | None:
-        """The path, rescanning (at most once per interval) on a miss. Blocks on the walk."""
+        """The path, rescanning on a miss. Blocks on the walk.
+
+        A new cgroup is usually found by one rescan, so a first miss rescans almost at once;
+        ids that a scan already failed to find rescan at most once per `min_rescan_interval`.
+        """
         found = self._paths.get(cgroup_id)
-        if found is None and self._clock() - self._last_scan >= self._min_interval:
+        if found is not None:
+            return found
+        interval = self._min_interval if cgroup_id in self._missed else self._new_id_interval
+        if self._clock() - self._last_scan >= interval:
             self.rescan()
             found = self._paths.get(cgroup_id)
+            if found is None:
+                if len(self._missed) > 65536:  # bounded: forget, at worst rescan again
+                    self._missed.clear()
+                self._missed.add(cgroup_id)
         return found
 
     def service(self, cgroup_id: int) -> str:

@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     kernel = argparse.ArgumentParser(add_help=False)
-    kernel.add_argument("--btf", type=Path, help="kernel BTF file (default /sys/kernel/btf/vmlinux)")
+    kernel.add_argument(
+        "--btf", type=Path, help="kernel BTF file (default /sys/kernel/btf/vmlinux)"
+    )
     kernel.add_argument("--kallsyms", type=Path, help="kernel symbols (default /proc/kallsyms)")
 
     run = sub.add_parser("run", parents=[kernel], help="run the daemon")

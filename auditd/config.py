@@ -76,14 +76,18 @@ class MetricsConfig:
         metadata=_check(_is_listen, "an address like '0.0.0.0:19731', '[::1]:19731' or ':19731'"),
     )
     # Distinct `service` label values before new ones fold into "other" (and are counted).
-    max_services: int = field(default=256, metadata=_check(lambda v: 1 <= v <= 100_000, "1..100000"))
+    max_services: int = field(
+        default=256, metadata=_check(lambda v: 1 <= v <= 100_000, "1..100000")
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class DenialProbeConfig:
     enabled: bool = True
     # Kernel map of exact counters keyed by (cgroup, syscall, errno, source).
-    counter_entries: int = field(default=16384, metadata=_check(lambda v: 64 <= v <= 1 << 20, "64..1048576"))
+    counter_entries: int = field(
+        default=16384, metadata=_check(lambda v: 64 <= v <= 1 << 20, "64..1048576")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,9 @@ class ProbesConfig:
     # Size of each ring buffer in pages; the kernel wants a power of two.
     ringbuf_pages: int = field(
         default=64,
-        metadata=_check(lambda v: 1 <= v <= 4096 and v & (v - 1) == 0, "a power of two from 1 to 4096"),
+        metadata=_check(
+            lambda v: 1 <= v <= 4096 and v & (v - 1) == 0, "a power of two from 1 to 4096"
+        ),
     )
     denials: DenialProbeConfig = field(default_factory=DenialProbeConfig)
 
@@ -102,7 +108,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     # Events waiting between the reader thread and the core; beyond it they are dropped and counted.
-    queue_size: int = field(default=65536, metadata=_check(lambda v: 16 <= v <= 1 << 24, "16..16777216"))
+    queue_size: int = field(
+        default=65536, metadata=_check(lambda v: 16 <= v <= 1 << 24, "16..16777216")
+    )
     # Seconds between housekeeping passes (cgroup rescans, retiring counters of removed cgroups).
     housekeeping_interval: float = field(
         default=10.0, metadata=_check(lambda v: 0.1 <= v <= 3600, "0.1..3600 seconds")
@@ -136,13 +144,16 @@ def loads(text: str, name: str = "<config>") -> Config:
         raise ConfigError(name, None, "", f"invalid YAML: {exc}") from exc
     if node is None:  # empty file: every default
         return Config()
-    return _build(Config, node, name, "")
+    built: Config = _build(Config, node, name, "")
+    return built
 
 
 def _build(cls: type[Any], node: yaml.Node, file: str, prefix: str) -> Any:
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(file, line, prefix or "(top level)", "expected a mapping of keys to values")
+        raise ConfigError(
+            file, line, prefix or "(top level)", "expected a mapping of keys to values"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
@@ -182,7 +193,9 @@ def _coerce(hint: Any, value: Any, file: str, line: int, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(file, line, key, f"expected one of {', '.join(choices)}, got {value!r}")
+            raise ConfigError(
+                file, line, key, f"expected one of {', '.join(choices)}, got {value!r}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):  # Optional[...]
         if value is None and type(None) in typing.get_args(hint):
@@ -197,7 +210,9 @@ def _coerce(hint: Any, value: Any, file: str, line: int, key: str) -> Any:
         return float(value)
     if hint is str and isinstance(value, str):
         return value
-    raise ConfigError(file, line, key, f"expected {_describe(hint)}, got {_yaml_type(value)} {value!r}")
+    raise ConfigError(
+        file, line, key, f"expected {_describe(hint)}, got {_yaml_type(value)} {value!r}"
+    )
 
 
 def _describe(hint: Any) -> str:

@@ -99,7 +99,7 @@ class Daemon:
         self.resolver = CgroupResolver(cgroup_root)
         self.services = LabelCap(config.metrics.max_services)
         self.probes: ProbeSet | None = None
-        self.denial_totals: DenialTotals | None = None
+        self.denial_totals: DenialTotals[denials.CounterKey] | None = None
 
     # -- telemetry (called from the HTTP server's thread at scrape time) ---------------------
 
@@ -140,7 +140,9 @@ class Daemon:
             self.probes = probes
             if self.config.probes.denials.enabled:
                 self.denial_totals = DenialTotals(
-                    denials.DenialCounters(probes.table("denial_counts"), probes.table("denial_overflow")),
+                    denials.DenialCounters(
+                        probes.table("denial_counts"), probes.table("denial_overflow")
+                    ),
                     self.resolver,
                     self.services,
                 )
@@ -272,7 +274,8 @@ class Daemon:
             return
         self._reloads["success"] += 1
         changed = [
-            name for name in ("log", "metrics", "probes", "queue_size")
+            name
+            for name in ("log", "metrics", "probes", "queue_size")
             if getattr(new, name) != getattr(self.config, name)
         ]
         restart = [name for name in changed if name != "log"]

@@ -58,7 +58,7 @@ def _families() -> dict[str, Any]:
         ),
         "overflow": CounterMetricFamily(
             f"{PREFIX}_label_overflow",
-            "Distinct label values folded into \"other\" because the label's cap was reached.",
+            'Distinct label values folded into "other" because the label\'s cap was reached.',
             labels=["label"],
         ),
         "reloads": CounterMetricFamily(
@@ -153,7 +153,10 @@ class MetricsServer:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._httpd is not None:
             await asyncio.to_thread(self._shutdown)

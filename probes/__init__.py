@@ -1,1 +1,1 @@
-"""Kernel side of bpf-auditd: BPF C sources and the thin Python that loads them and decodes their records."""
+"""Kernel side of bpf-auditd: BPF C sources, and the thin Python that loads and decodes them."""

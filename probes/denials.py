@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from collections.abc import Callable, Iterable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from auditd.events import Denial, Source
 from probes import syscalls
@@ -116,10 +117,8 @@ class DenialCounters:
 
     def delete(self, keys: Iterable[CounterKey]) -> None:
         for key in keys:
-            try:
+            with contextlib.suppress(KeyError):  # already gone: nothing to retire
                 del self._counts[key.raw()]
-            except KeyError:
-                pass
 
     def unattributed(self) -> int:
         return sum(self._overflow[ctypes.c_uint32(0)])

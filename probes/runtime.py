@@ -114,12 +114,12 @@ class ProbeSet:
                 "the BCC Python binding is missing (Debian package python3-bpfcc)"
             ) from exc
         try:
-            self._bpf = BPF(text=self.text, cflags=self.cflags)
+            self._bpf = BPF(text=self.text.encode(), cflags=self.cflags)
         except Exception as exc:  # BCC raises bare Exception for compile and load failures
             raise ProbeError(f"loading {', '.join(s.name for s in self.specs)}: {exc}") from exc
         for spec in self.specs:
-            self._bpf[spec.ringbuf].open_ring_buffer(self._callback(spec))
-            self._tables[spec.drops] = self._bpf[spec.drops]
+            self.table(spec.ringbuf).open_ring_buffer(self._callback(spec))
+            self.table(spec.drops)
 
     def start(self, deliver: Deliver, on_failure: Callable[[BaseException], None]) -> None:
         """Start the reader thread; `deliver` is called with batches from that thread."""
@@ -153,7 +153,7 @@ class ProbeSet:
         if self._bpf is None:
             raise ProbeError("probes are not loaded")
         if name not in self._tables:
-            self._tables[name] = self._bpf[name]
+            self._tables[name] = self._bpf[name.encode()]  # BCC wants bytes (str is deprecated)
         return self._tables[name]
 
     def kernel_drops(self) -> dict[tuple[str, DropKind], int]:

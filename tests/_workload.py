@@ -1,4 +1,4 @@
-"""Real kernel workloads for tests: throwaway cgroups and unprivileged processes that get refused."""
+"""Real kernel workloads for tests: throwaway cgroups, unprivileged processes that get refused."""
 
 from __future__ import annotations
 

@@ -27,7 +27,9 @@ def _missing_bpf() -> str | None:
         import bcc  # noqa: F401
     except ImportError:
         return "needs the BCC Python binding (Debian python3-bpfcc) in this interpreter"
-    if not any(Path(p, "events").is_dir() for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")):
+    if not any(
+        Path(p, "events").is_dir() for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+    ):
         return "needs tracefs mounted (/sys/kernel/tracing)"
     if not Path(f"/lib/modules/{os.uname().release}/build").exists():
         return "needs kernel headers for BCC at /lib/modules/$(uname -r)/build"

@@ -34,11 +34,21 @@ def test_values_are_typed() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "key", "says"),
     [
-        ("log:\n  level: info\n  colour: red\n", 3, "log.colour", "unknown key; valid keys here: format, level"),
+        (
+            "log:\n  level: info\n  colour: red\n",
+            3,
+            "log.colour",
+            "unknown key; valid keys here: format, level",
+        ),
         ("probes:\n  denial: {}\n", 2, "probes.denial", "unknown key"),
         ("queue_size: lots\n", 1, "queue_size", "expected an integer, got a string 'lots'"),
         ("queue_size: true\n", 1, "queue_size", "expected an integer, got a boolean"),
-        ("probes:\n  denials:\n    enabled: 1\n", 3, "probes.denials.enabled", "expected true or false"),
+        (
+            "probes:\n  denials:\n    enabled: 1\n",
+            3,
+            "probes.denials.enabled",
+            "expected true or false",
+        ),
         ("log:\n  level: loud\n", 2, "log.level", "expected one of debug, info, warning, error"),
         ("probes:\n  ringbuf_pages: 3\n", 2, "probes.ringbuf_pages", "power of two"),
         ("metrics:\n  listen: localhost\n", 2, "metrics.listen", "expected an address"),
@@ -80,8 +90,16 @@ def test_listen_forms(listen: str) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "says"),
     [
-        ("unknown-key.yaml", "metrics:\n  listen: ':1'\n  lisen: ':2'\n", ":3: metrics.lisen: unknown key"),
-        ("wrong-type.yaml", "log:\n  level: info\nqueue_size: '100'\n", ":3: queue_size: expected an integer"),
+        (
+            "unknown-key.yaml",
+            "metrics:\n  listen: ':1'\n  lisen: ':2'\n",
+            ":3: metrics.lisen: unknown key",
+        ),
+        (
+            "wrong-type.yaml",
+            "log:\n  level: info\nqueue_size: '100'\n",
+            ":3: queue_size: expected an integer",
+        ),
         ("invalid.yaml", "log: {level: info\n", ":2: invalid YAML"),
     ],
 )
@@ -91,10 +109,15 @@ def test_cli_one_line_error_and_exit_2(tmp_path: Path, name: str, text: str, say
     f.write_text(text)
     for argv in (["run", "--config", str(f)], ["check-config", str(f)]):
         proc = subprocess.run(
-            [sys.executable, "-m", "auditd", *argv], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "auditd", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr
-        assert lines[0].startswith(f"bpf-auditd: {f}") and says in lines[0], lines[0]
+        assert lines[0].startswith(f"bpf-auditd: {f}"), lines[0]
+        assert says in lines[0], lines[0]
         assert "Traceback" not in proc.stderr

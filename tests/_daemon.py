@@ -1,0 +1,120 @@
+"""Run the real daemon as a subprocess and read its JSON log and its /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+class DaemonProcess:
+    """`bpf-auditd run` in a subprocess; every stdout line parsed as JSON and kept."""
+
+    def __init__(self, config: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "auditd", "run", "--config", str(config), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.metrics_url = ""
+        self.stderr = ""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = {"event": "<not json>", "line": line}
+            self.lines.append(entry)
+            self._new.put(entry)
+
+    def wait_for(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
+        for entry in self.lines:
+            if entry.get("event") == event:
+                return entry
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None and self._new.empty():
+                self.stop()
+                raise AssertionError(
+                    f"daemon exited {self.proc.returncode} before {event!r}: {self.stderr}"
+                )
+            try:
+                entry = self._new.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if entry.get("event") == event:
+                return entry
+        raise AssertionError(f"no {event!r} log line within {timeout}s")
+
+    def ready(self) -> dict[str, Any]:
+        entry = self.wait_for("ready")
+        self.metrics_url = entry["metrics"]
+        return entry
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:
+            assert resp.status == 200
+            return resp.read().decode()
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(timeout=5)
+            if self.proc.stderr is not None and not self.proc.stderr.closed:
+                self.stderr += self.proc.stderr.read()
+                self.proc.stderr.close()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric `name` in Prometheus text, as (labels, value)."""
+    found = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m["name"] == name:
+            found.append((dict(_LABEL.findall(m["labels"] or "")), float(m["value"])))
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    for got, v in samples(text, name):
+        if all(got.get(k) == want for k, want in labels.items()):
+            return v
+    return None
+
+
+def bpf_programs() -> dict[int, str]:
+    """Loaded BPF programs by id → name, from bpftool."""
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True
+    )
+    return {p["id"]: p.get("name", "") for p in json.loads(out.stdout or "[]")}

@@ -1,0 +1,139 @@
+"""The real daemon end to end: a denial in the kernel becomes a counter and a log line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _daemon import DaemonProcess, bpf_programs, value
+from _workload import denied_opens, scratch_cgroup, secret_file
+
+from auditd.cgroups import service_of
+
+pytestmark = pytest.mark.needs_bpf
+
+N = 137
+OUR_PROGRAMS = ("tracepoint__syscalls__sys_exit_openat", "tracepoint__syscalls__sys_enter_openat")
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    f = tmp_path / "config.yaml"
+    f.write_text(f"metrics:\n  listen: '127.0.0.1:0'\n{extra}")
+    return f
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(_config(tmp_path))
+    try:
+        d.ready()
+        yield d
+    finally:
+        d.stop()
+
+
+def _wait_for_count(d: DaemonProcess, service: str, want: int) -> float | None:
+    deadline = time.monotonic() + 20
+    got = None
+    while time.monotonic() < deadline:
+        got = value(
+            d.scrape(),
+            "bpf_auditd_denials_total",
+            service=service,
+            syscall="openat",
+            errno="EACCES",
+        )
+        if got == want:
+            break
+        time.sleep(0.2)
+    return got
+
+
+def test_denied_opens_reach_metrics_and_log(daemon: DaemonProcess) -> None:
+    with scratch_cgroup() as cgroup, secret_file() as secret:
+        service = service_of("/" + cgroup.name)
+        assert value(daemon.scrape(), "bpf_auditd_denials_total", service=service) is None
+        pid, refused = denied_opens(secret, N, cgroup)
+        assert refused == N
+        assert _wait_for_count(daemon, service, N) == N
+        # Exactly N, not more: a later scrape still says N.
+        time.sleep(0.5)
+        assert _wait_for_count(daemon, service, N) == N
+
+        deadline = time.monotonic() + 10
+        ours: list[dict[str, object]] = []
+        while time.monotonic() < deadline and len(ours) < N:
+            ours = [e for e in daemon.lines if e.get("event") == "denial" and e.get("pid") == pid]
+            time.sleep(0.1)
+        assert len(ours) == N
+        line = ours[0]
+        assert line["target"] == str(secret)
+        assert (line["syscall"], line["errno"], line["source"]) == ("openat", "EACCES", "syscall")
+        assert (line["uid"], line["gid"], line["service"]) == (65534, 65534, service)
+        assert line["cgroup"] == "/" + cgroup.name
+        assert line["cgroup_id"] == os.stat(cgroup).st_ino
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_is_graceful_fast_and_detaches_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    before = set(bpf_programs())
+    d = DaemonProcess(_config(tmp_path))
+    try:
+        d.ready()
+        ours = {i for i, name in bpf_programs().items() if i not in before and name in OUR_PROGRAMS}
+        assert ours, "the daemon's programs should be loaded while it runs"
+        started = time.monotonic()
+        d.signal(sig)
+        code = d.proc.wait(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        d.stop()
+    assert code == 0
+    assert took < 2.0, f"stop took {took:.2f}s"
+    assert [e["event"] for e in d.lines][-3:] == ["stopping", "intake_stopped", "stopped"]
+    assert not ours & set(bpf_programs()), "programs still loaded after exit"
+
+
+def test_sighup_reloads_and_a_broken_file_keeps_the_running_config(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    d = DaemonProcess(config)
+    try:
+        d.ready()
+        config.write_text("metrics:\n  listen: '127.0.0.1:0'\nlog:\n  level: debug\n")
+        d.signal(signal.SIGHUP)
+        assert d.wait_for("config_reloaded")["changed"] == ["log"]
+        config.write_text("log:\n  levle: info\n")
+        d.signal(signal.SIGHUP)
+        failed = d.wait_for("config_reload_failed")
+        assert failed["error"].startswith(f"{config}:2: log.levle: unknown key")
+        text = d.scrape()
+        assert value(text, "bpf_auditd_config_reloads_total", result="failure") == 1
+        assert value(text, "bpf_auditd_config_reloads_total", result="success") == 1
+        assert d.proc.poll() is None, "a broken config must not stop the daemon"
+    finally:
+        assert d.stop() == 0
+
+
+def test_metrics_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(f"metrics:\n  listen: '127.0.0.1:{port}'\n")
+        before = set(bpf_programs())
+        d = DaemonProcess(config)
+        code = d.proc.wait(timeout=60)
+        d.stop()
+    assert code == 1
+    assert d.stderr.strip().splitlines() == [
+        f"bpf-auditd: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ]
+    leftover = {i for i, n in bpf_programs().items() if i not in before and n in OUR_PROGRAMS}
+    assert not leftover
