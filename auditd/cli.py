@@ -90,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dump_bpf(config: Config, paths: KernelPaths) -> int:
-    from auditd.daemon import build_probe_set
+    from auditd.cgroups import CgroupResolver
+    from auditd.daemon import build_monitors, build_probe_set
+    from auditd.telemetry import LabelCap
     from probes.runtime import PROBES_DIR
 
     logs.configure(config.log, stream=sys.stderr)
-    probes = build_probe_set(config, paths, structlog.get_logger("bpf-auditd"))
+    monitors = build_monitors(config, CgroupResolver(None), LabelCap(1))
+    probes = build_probe_set(config, monitors, paths, structlog.get_logger("bpf-auditd"))
     print("// cflags: " + " ".join(probes.cflags))
     print(probes.text)
     for spec in probes.specs:

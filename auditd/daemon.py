@@ -20,15 +20,15 @@ import structlog
 
 from auditd import config as config_mod
 from auditd import logs
-from auditd.aggregate import DenialTotals
 from auditd.cgroups import UNKNOWN_SERVICE, CgroupResolver, find_cgroup2_mount, service_of
 from auditd.config import Config, ConfigError
+from auditd.denials import DenialMonitor
 from auditd.events import Denial, Event
+from auditd.monitor import Monitor
 from auditd.paths import KernelPaths
-from auditd.telemetry import LabelCap, Telemetry
+from auditd.telemetry import Family, LabelCap, counter, gauge
 from exporters.prometheus import MetricsServer
-from probes import denials
-from probes.runtime import DropKind, ProbeSet, ProbeSpec
+from probes.runtime import DropKind, ProbeSet
 
 STOP_DEADLINE_S = 1.5
 
@@ -57,29 +57,36 @@ def kernel_cflags(paths: KernelPaths, log: Any) -> list[str]:
     return list(plan.cflags)
 
 
-def probe_specs(config: Config) -> list[ProbeSpec]:
-    mono_to_wall = time.time_ns() - time.monotonic_ns()
-    specs = []
+def build_monitors(config: Config, resolver: CgroupResolver, services: LabelCap) -> list[Monitor]:
+    monitors: list[Monitor] = []
     if config.probes.denials.enabled:
-        specs.append(
-            ProbeSpec(
-                name="denials",
-                source=denials.SOURCE,
-                ringbuf="denial_events",
-                drops="denial_drops",
-                decode=denials.decoder(mono_to_wall),
-                cflags=(
-                    f"-DDENIAL_COUNTER_ENTRIES={config.probes.denials.counter_entries}",
-                    f"-DTARGET_LEN={denials.TARGET_LEN}",
-                ),
-            )
-        )
-    return specs
+        monitors.append(DenialMonitor(config.probes.denials, resolver, services))
+    return monitors
 
 
-def build_probe_set(config: Config, paths: KernelPaths, log: Any) -> ProbeSet:
+def build_probe_set(
+    config: Config, monitors: list[Monitor], paths: KernelPaths, log: Any
+) -> ProbeSet:
+    mono_to_wall = time.time_ns() - time.monotonic_ns()
+    specs = [spec for monitor in monitors for spec in monitor.probe_specs(mono_to_wall)]
     base = [f"-DRINGBUF_PAGES={config.probes.ringbuf_pages}", *kernel_cflags(paths, log)]
-    return ProbeSet(probe_specs(config), base)
+    return ProbeSet(specs, base)
+
+
+RECEIVED = counter("events_received", "Records read from a probe's ring buffer.", "probe")
+DROPPED = counter(
+    "events_dropped",
+    "Records lost, by probe and stage (ringbuf, counter_map, pending_map, queue, decode).",
+    "probe",
+    "stage",
+)
+PROBE_UP = gauge("probe_up", "1 when the probe is attached.", "probe")
+LABEL_OVERFLOW = counter(
+    "label_overflow",
+    'Distinct label values folded into "other" because the label\'s cap was reached.',
+    "label",
+)
+RELOADS = counter("config_reloads", "Configuration reloads (SIGHUP), by result.", "result")
 
 
 class Daemon:
@@ -98,38 +105,48 @@ class Daemon:
         cgroup_root = paths.cgroup2 or find_cgroup2_mount(paths.proc)
         self.resolver = CgroupResolver(cgroup_root)
         self.services = LabelCap(config.metrics.max_services)
+        self.monitors = build_monitors(config, self.resolver, self.services)
         self.probes: ProbeSet | None = None
-        self.denial_totals: DenialTotals[denials.CounterKey] | None = None
 
     # -- telemetry (called from the HTTP server's thread at scrape time) ---------------------
 
-    def telemetry(self) -> Telemetry:
+    def declared(self) -> list[Family]:
+        own = [RECEIVED, DROPPED, PROBE_UP, LABEL_OVERFLOW, RELOADS]
+        return own + [f for monitor in self.monitors for f in monitor.declared()]
+
+    def families(self) -> list[Family]:
         probes = self.probes
+        families = [
+            LABEL_OVERFLOW.with_samples({("service",): self.services.overflowed}),
+            RELOADS.with_samples({(r,): self._reloads[r] for r in ("success", "failure")}),
+        ]
         if probes is None:
-            return Telemetry()
-        dropped: dict[tuple[str, str], int] = {}
+            return (
+                families
+                + [RECEIVED, DROPPED, PROBE_UP]
+                + [f for monitor in self.monitors for f in monitor.declared()]
+            )
+        dropped: dict[tuple[str, ...], float] = {}
         for (probe, kind), n in probes.kernel_drops().items():
             dropped[probe, _DROP_STAGES[kind]] = n
         for name, stats in probes.stats.items():
             dropped[name, "queue"] = self._queue_dropped[name]
             dropped[name, "decode"] = stats.undecodable
-        totals = self.denial_totals
-        return Telemetry(
-            denials=totals.snapshot() if totals else {},
-            denials_unattributed=totals.unattributed() if totals else 0,
-            events_received={name: s.received for name, s in probes.stats.items()},
-            events_dropped=dropped,
-            probes_up={spec.name: True for spec in probes.specs},
-            label_overflow={"service": self.services.overflowed},
-            config_reloads=dict(self._reloads),
-        )
+        families += [
+            RECEIVED.with_samples({(name,): s.received for name, s in probes.stats.items()}),
+            DROPPED.with_samples(dropped),
+            PROBE_UP.with_samples({(spec.name,): 1 for spec in probes.specs}),
+        ]
+        for monitor in self.monitors:
+            families += monitor.families()
+        return families
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         with self._signals():
-            probes = build_probe_set(self.config, self.paths, self.log)
+            probes = build_probe_set(self.config, self.monitors, self.paths, self.log)
             started = time.monotonic()
             await asyncio.to_thread(self.resolver.rescan)
             try:
@@ -137,18 +154,12 @@ class Daemon:
             except Exception:
                 await asyncio.to_thread(probes.close)
                 raise
+            for monitor in self.monitors:
+                monitor.bind(probes)
             self.probes = probes
-            if self.config.probes.denials.enabled:
-                self.denial_totals = DenialTotals(
-                    denials.DenialCounters(
-                        probes.table("denial_counts"), probes.table("denial_overflow")
-                    ),
-                    self.resolver,
-                    self.services,
-                )
             try:
                 host, port = config_mod.parse_listen(self.config.metrics.listen)
-                async with MetricsServer(host, port, self.telemetry) as server:
+                async with MetricsServer(host, port, self.families, self.declared()) as server:
                     probes.start(self._deliver_threadsafe, self._reader_failed)
                     self.log.info(
                         "ready",
@@ -228,10 +239,8 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.housekeeping_interval)
             await asyncio.to_thread(self.resolver.rescan)
-            if self.denial_totals is not None:
-                retired = await asyncio.to_thread(self.denial_totals.retire_removed)
-                if retired:
-                    self.log.debug("counters_retired", keys=retired)
+            for monitor in self.monitors:
+                await asyncio.to_thread(monitor.housekeeping)
 
     # -- signals and reload ------------------------------------------------------------------
 

@@ -110,6 +110,14 @@ def _headers_detail(headers: Headers) -> str:
     return where if headers.matches else f"{where}, not the running {headers.running}"
 
 
+def _struct_detail(report: Report) -> str:
+    if report.btf_present:
+        return f"from BTF ({report.btf})"
+    if report.headers.matches:
+        return "from the running kernel's own headers"
+    return "off: no BTF and the headers are not the running kernel's"
+
+
 def _compile_check(report: Report) -> Check:
     if report.bcc_compile is not None:
         return Check("bcc compile", report.bcc_compile.ok, report.bcc_compile.detail)
@@ -126,7 +134,10 @@ def checks(report: Report) -> tuple[Check, ...]:
         Check(
             "btf", report.btf_present, str(report.btf) if report.btf_present else f"no {report.btf}"
         ),
-        Check("kernel headers", headers.matches, _headers_detail(headers)),
+        # Headers only need to exist for BCC to compile; a mismatch matters for struct layouts,
+        # which the next row reports.
+        Check("kernel headers", headers.target is not None, _headers_detail(headers)),
+        Check("struct offsets", report.struct_reads, _struct_detail(report)),
         Check(
             "kheaders",
             headers.has_kheaders,

@@ -1,35 +1,40 @@
-"""What the daemon knows about itself and the kernel at one instant, for exporters to publish.
+"""Metric families as plain values: what the core knows at one instant, for exporters to publish.
 
-Exporters receive a `Telemetry` value; they never reach into probes or kernel maps themselves.
+Monitors and the daemon describe their metrics as `Family` values; exporters translate them
+(Prometheus text today) without knowing where they came from or reaching into kernel maps.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 OTHER = "other"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class DenialSeries:
-    service: str
-    source: str
-    syscall: str
-    errno: str
+PREFIX = "bpf_auditd_"
 
 
 @dataclass(frozen=True, slots=True)
-class Telemetry:
-    denials: Mapping[DenialSeries, int] = field(default_factory=dict)
-    # Refusals that did not fit the kernel's counter map: still counted, without labels.
-    denials_unattributed: int = 0
-    events_received: Mapping[str, int] = field(default_factory=dict)  # probe → records
-    events_dropped: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (probe, stage)
-    probes_up: Mapping[str, bool] = field(default_factory=dict)
-    label_overflow: Mapping[str, int] = field(default_factory=dict)  # label → folded values
-    config_reloads: Mapping[str, int] = field(default_factory=dict)  # result → count
+class Family:
+    """One metric: `name` carries the prefix and no `_total` suffix (exporters add it)."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: Mapping[tuple[str, ...], float] = field(default_factory=dict)
+
+    def with_samples(self, samples: Mapping[tuple[str, ...], float]) -> Family:
+        return replace(self, samples=samples)
+
+
+def counter(name: str, help: str, *labels: str) -> Family:
+    return Family(PREFIX + name, "counter", help, labels)
+
+
+def gauge(name: str, help: str, *labels: str) -> Family:
+    return Family(PREFIX + name, "gauge", help, labels)
 
 
 class LabelCap:

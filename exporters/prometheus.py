@@ -1,4 +1,4 @@
-"""Prometheus exporter: /metrics over HTTP, built from the daemon's telemetry at scrape time.
+"""Prometheus exporter: /metrics over HTTP, built from the core's metric families at scrape time.
 
 Kernel counters are read when Prometheus scrapes, not copied into Python metrics: one source of
 truth, and no work between scrapes. An explicit registry keeps instances (and tests) isolated.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
 from types import TracebackType
 from typing import Any
 
@@ -19,103 +20,52 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from auditd.telemetry import Telemetry
-
-PREFIX = "bpf_auditd"
-VERSION = "0.1.0"
+from auditd.telemetry import PREFIX, Family, counter
 
 log = structlog.get_logger("bpf-auditd.prometheus")
+
+SCRAPE_ERRORS = counter("scrape_errors", "Scrapes whose kernel state could not be read.")
 
 
 class ExporterError(Exception):
     """The metrics endpoint cannot be served."""
 
 
-def _families() -> dict[str, Any]:
-    """Every family the collector yields, empty: what `describe()` returns."""
-    return {
-        "denials": CounterMetricFamily(
-            f"{PREFIX}_denials",
-            "Refusals by the kernel (EACCES/EPERM and LSM denials), counted exactly in the kernel.",
-            labels=["service", "source", "syscall", "errno"],
-        ),
-        "unattributed": CounterMetricFamily(
-            f"{PREFIX}_denials_unattributed",
-            "Refusals counted after the kernel counter map was full: in no labelled series.",
-        ),
-        "received": CounterMetricFamily(
-            f"{PREFIX}_events_received",
-            "Records read from a probe's ring buffer.",
-            labels=["probe"],
-        ),
-        "dropped": CounterMetricFamily(
-            f"{PREFIX}_events_dropped",
-            "Records lost, by probe and stage (ringbuf, counter_map, pending_map, queue, decode).",
-            labels=["probe", "stage"],
-        ),
-        "up": GaugeMetricFamily(
-            f"{PREFIX}_probe_up", "1 when the probe is attached.", labels=["probe"]
-        ),
-        "overflow": CounterMetricFamily(
-            f"{PREFIX}_label_overflow",
-            'Distinct label values folded into "other" because the label\'s cap was reached.',
-            labels=["label"],
-        ),
-        "reloads": CounterMetricFamily(
-            f"{PREFIX}_config_reloads",
-            "Configuration reloads (SIGHUP), by result.",
-            labels=["result"],
-        ),
-        "scrape_errors": CounterMetricFamily(
-            f"{PREFIX}_scrape_errors", "Scrapes whose telemetry could not be read."
-        ),
-    }
+def _to_prometheus(family: Family) -> Any:
+    cls = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+    out = cls(family.name, family.help, labels=list(family.labels))
+    for labels, value in family.samples.items():
+        out.add_metric(list(labels), value)
+    return out
 
 
-class DaemonCollector(Collector):
-    def __init__(self, telemetry: Callable[[], Telemetry]) -> None:
-        self._telemetry = telemetry
+class CoreCollector(Collector):
+    """Yields the core's families; `describe()` uses the declared ones, so registering the
+    collector never reads a kernel map."""
+
+    def __init__(
+        self, families: Callable[[], Sequence[Family]], declared: Sequence[Family]
+    ) -> None:
+        self._families = families
+        self._declared = list(declared)
         self._errors = 0
         self._lock = threading.Lock()
 
     def describe(self) -> Iterator[Any]:
-        yield from _families().values()
+        for family in [*self._declared, SCRAPE_ERRORS]:
+            yield _to_prometheus(family.with_samples({}))
 
     def collect(self) -> Iterator[Any]:
-        f = _families()
         try:
-            t = self._telemetry()
+            families = list(self._families())
         except Exception as exc:  # a failed map read must not take the other metrics down
             with self._lock:
                 self._errors += 1
             log.error("scrape_failed", error=str(exc))
-            t = Telemetry()
-        for s, n in sorted(t.denials.items()):
-            f["denials"].add_metric([s.service, s.source, s.syscall, s.errno], n)
-        f["unattributed"].add_metric([], t.denials_unattributed)
-        for probe, n in sorted(t.events_received.items()):
-            f["received"].add_metric([probe], n)
-        for (probe, stage), n in sorted(t.events_dropped.items()):
-            f["dropped"].add_metric([probe, stage], n)
-        for probe, up in sorted(t.probes_up.items()):
-            f["up"].add_metric([probe], 1 if up else 0)
-        for label, n in sorted(t.label_overflow.items()):
-            f["overflow"].add_metric([label], n)
-        for result in ("success", "failure"):
-            f["reloads"].add_metric([result], t.config_reloads.get(result, 0))
-        f["scrape_errors"].add_metric([], self._errors)
-        yield from f.values()
-
-
-def build_registry(telemetry: Callable[[], Telemetry]) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(DaemonCollector(telemetry))
-    info = InfoMetricFamily(f"{PREFIX}_build", "Build and kernel of the running daemon.")
-    info.add_metric([], {"version": VERSION, "kernel": os.uname().release})
-    registry.register(_Static([info]))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    return registry
+            families = []
+        for family in families:
+            yield _to_prometheus(family)
+        yield _to_prometheus(SCRAPE_ERRORS.with_samples({(): self._errors}))
 
 
 class _Static(Collector):
@@ -126,13 +76,32 @@ class _Static(Collector):
         yield from self._families
 
 
-class MetricsServer:
-    """`async with MetricsServer(host, port, telemetry) as server:` serves /metrics."""
+def build_registry(
+    families: Callable[[], Sequence[Family]], declared: Sequence[Family]
+) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(CoreCollector(families, declared))
+    info = InfoMetricFamily(f"{PREFIX}build", "Version of the running daemon and its kernel.")
+    info.add_metric([], {"version": metadata.version("bpf-auditd"), "kernel": os.uname().release})
+    registry.register(_Static([info]))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
 
-    def __init__(self, host: str, port: int, telemetry: Callable[[], Telemetry]) -> None:
+
+class MetricsServer:
+    """`async with MetricsServer(host, port, families, declared) as server:` serves /metrics."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        families: Callable[[], Sequence[Family]],
+        declared: Sequence[Family],
+    ) -> None:
         self.host = host
         self.port = port
-        self.registry = build_registry(telemetry)
+        self.registry = build_registry(families, declared)
         self._httpd: Any = None
         self._thread: threading.Thread | None = None
 

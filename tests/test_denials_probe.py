@@ -12,9 +12,11 @@ import pytest
 from _workload import NOBODY, denied_opens, scratch_cgroup, secret_file
 
 from auditd.config import Config
-from auditd.daemon import kernel_cflags, probe_specs
+from auditd.cgroups import CgroupResolver
+from auditd.daemon import build_monitors, build_probe_set
 from auditd.events import Denial, Source
 from auditd.paths import KernelPaths
+from auditd.telemetry import LabelCap
 from probes import denials
 from probes.runtime import DropKind, ProbeSet
 
@@ -39,8 +41,10 @@ class Collected:
 def _load(*extra: str) -> ProbeSet:
     import structlog
 
-    flags = [*kernel_cflags(KernelPaths(), structlog.get_logger()), *extra]
-    probes = ProbeSet(probe_specs(Config()), flags)
+    config = Config()
+    monitors = build_monitors(config, CgroupResolver(None), LabelCap(10))
+    probes = build_probe_set(config, monitors, KernelPaths(), structlog.get_logger())
+    probes.cflags.extend(extra)
     probes.load()
     return probes
 
