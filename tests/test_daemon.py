@@ -137,3 +137,15 @@ def test_metrics_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     ]
     leftover = {i for i, n in bpf_programs().items() if i not in before and n in OUR_PROGRAMS}
     assert not leftover
+
+
+@pytest.mark.needs_prometheus
+def test_live_scrape_passes_promtool(daemon: DaemonProcess) -> None:
+    import subprocess
+
+    text = daemon.scrape()
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).strip() == ""

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from _workload import NOBODY, denied_opens, scratch_cgroup, secret_file
 
-from auditd.config import Config
 from auditd.cgroups import CgroupResolver
+from auditd.config import Config
 from auditd.daemon import build_monitors, build_probe_set
 from auditd.events import Denial, Source
 from auditd.paths import KernelPaths

@@ -1,0 +1,92 @@
+"""Cgroup id → path → service, on fixture trees (no root needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from auditd.cgroups import CgroupResolver, find_cgroup2_mount, service_of
+
+
+@pytest.mark.parametrize(
+    ("path", "service"),
+    [
+        ("/", "host"),
+        ("", "host"),
+        ("/system.slice/sshd.service", "sshd.service"),
+        ("/system.slice/foo.service/worker", "foo.service"),
+        ("/system.slice/docker-" + "ab" * 32 + ".scope", "container:" + "ab" * 6),
+        (
+            "/kubepods/burstable/pod1/cri-containerd-" + "0f" * 32 + ".scope",
+            "container:0f0f0f0f0f0f",
+        ),
+        ("/docker/" + "cd" * 32, "container:cdcdcdcdcdcd"),
+        ("/sshd", "sshd"),
+        ("/user.slice/user-0.slice/session-3.scope", "session-3.scope"),
+    ],
+)
+def test_service_of(path: str, service: str) -> None:
+    assert service_of(path) == service
+
+
+def test_find_cgroup2_mount_in_hybrid_and_unified_layouts(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    mountinfo = proc / "self" / "mountinfo"
+    mountinfo.write_text(
+        "30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+        "40 30 0:35 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "41 30 0:36 / /sys/fs/cgroup/uni\\040fied rw - cgroup2 cgroup2 rw\n"
+    )
+    assert find_cgroup2_mount(proc) == Path("/sys/fs/cgroup/uni fied")
+    mountinfo.write_text("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")
+    assert find_cgroup2_mount(proc) is None
+    assert find_cgroup2_mount(tmp_path / "nowhere") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_resolver_finds_new_cgroups_and_remembers_removed_ones(tmp_path: Path) -> None:
+    clock = Clock()
+    resolver = CgroupResolver(tmp_path, clock=clock)
+    resolver.rescan()
+    assert resolver.path(os.stat(tmp_path).st_ino) == "/"
+
+    svc = tmp_path / "system.slice" / "web.service"
+    svc.mkdir(parents=True)
+    ino = os.stat(svc).st_ino
+    clock.now += 0.06  # a first miss rescans almost at once
+    assert resolver.service(ino) == "web.service"
+    assert resolver.alive(ino)
+
+    shutil.rmtree(tmp_path / "system.slice")
+    assert not resolver.alive(ino)
+    assert resolver.cached(ino) == "/system.slice/web.service"  # still attributed
+
+
+def test_resolver_rescans_slowly_for_ids_that_do_not_exist(tmp_path: Path) -> None:
+    clock = Clock()
+    resolver = CgroupResolver(tmp_path, clock=clock)
+    assert resolver.path(999_999_999) is None
+    scans = resolver.scans
+    clock.now += 0.5
+    assert resolver.path(999_999_999) is None
+    assert resolver.scans == scans, "a known-missing id must not rescan before the interval"
+    clock.now += 1.0
+    resolver.path(999_999_999)
+    assert resolver.scans == scans + 1
+
+
+def test_resolver_without_cgroup2_says_unknown() -> None:
+    resolver = CgroupResolver(None)
+    assert resolver.service(1) == "unknown"
+    assert not resolver.alive(1)
