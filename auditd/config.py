@@ -91,6 +91,16 @@ class DenialProbeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NamespaceProbeConfig:
+    """Namespace changes (setns, unshare, clone, clone3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationProbeConfig:
+    """Kernel memory allocations (kmem tracepoints)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ProbesConfig:
     # Size of each ring buffer in pages; the kernel wants a power of two.
     ringbuf_pages: int = field(
@@ -100,6 +110,18 @@ class ProbesConfig:
         ),
     )
     denials: DenialProbeConfig = field(default_factory=DenialProbeConfig)
+    namespaces: NamespaceProbeConfig = field(default_factory=NamespaceProbeConfig)
+    allocations: AllocationProbeConfig = field(default_factory=AllocationProbeConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Alert rules (YAML policy file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """Live alerts over MQTT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +129,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     # Events waiting between the reader thread and the core; beyond it they are dropped and counted.
     queue_size: int = field(
         default=65536, metadata=_check(lambda v: 16 <= v <= 1 << 24, "16..16777216")

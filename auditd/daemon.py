@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ import structlog
 
 from auditd import config as config_mod
 from auditd import logs
+from auditd.alerts import Alert, AlertSink, LogSink
 from auditd.cgroups import UNKNOWN_SERVICE, CgroupResolver, find_cgroup2_mount, service_of
 from auditd.config import Config, ConfigError
 from auditd.denials import DenialMonitor
-from auditd.events import Denial, Event
-from auditd.monitor import Monitor
+from auditd.events import Event
+from auditd.monitor import KernelContext, Monitor
 from auditd.paths import KernelPaths
 from auditd.telemetry import Family, LabelCap, counter, gauge
 from exporters.prometheus import MetricsServer
@@ -39,22 +41,19 @@ _DROP_STAGES = {
 }
 
 
-_PROBE_OF: dict[type, str] = {Denial: "denials"}
-
-
 class DaemonError(Exception):
     """The daemon cannot start or run; the message is one line for the operator."""
 
 
-def kernel_cflags(paths: KernelPaths, log: Any) -> list[str]:
-    """-D flags describing this kernel: struct offsets (BTF, own headers, or none)."""
+def kernel_context(paths: KernelPaths, log: Any) -> KernelContext:
+    """Struct offsets for this kernel (BTF, own headers, or none) and the clock offset."""
     from auditd import offsets
     from auditd.features import kernel_headers
 
     plan = offsets.resolve(paths.btf, headers_match=kernel_headers(paths).matches)
-    if plan.source == "none":
-        log.warning("struct_reads_off", reason=plan.reason)
-    return list(plan.cflags)
+    if plan.reason:
+        log.warning("struct_reads_degraded", source=plan.source, reason=plan.reason)
+    return KernelContext(paths, plan, time.time_ns() - time.monotonic_ns())
 
 
 def build_monitors(config: Config, resolver: CgroupResolver, services: LabelCap) -> list[Monitor]:
@@ -67,9 +66,9 @@ def build_monitors(config: Config, resolver: CgroupResolver, services: LabelCap)
 def build_probe_set(
     config: Config, monitors: list[Monitor], paths: KernelPaths, log: Any
 ) -> ProbeSet:
-    mono_to_wall = time.time_ns() - time.monotonic_ns()
-    specs = [spec for monitor in monitors for spec in monitor.probe_specs(mono_to_wall)]
-    base = [f"-DRINGBUF_PAGES={config.probes.ringbuf_pages}", *kernel_cflags(paths, log)]
+    kernel = kernel_context(paths, log)
+    specs = [spec for monitor in monitors for spec in monitor.probe_specs(kernel)]
+    base = [f"-DRINGBUF_PAGES={config.probes.ringbuf_pages}", *kernel.plan.cflags]
     return ProbeSet(specs, base)
 
 
@@ -107,6 +106,10 @@ class Daemon:
         self.services = LabelCap(config.metrics.max_services)
         self.monitors = build_monitors(config, self.resolver, self.services)
         self.probes: ProbeSet | None = None
+        # Alerts: `evaluate` turns each enriched event into alerts (the policy engine plugs in
+        # here); every alert goes to every sink, in order.
+        self.evaluate: Callable[[Event], Iterable[Alert]] = lambda event: ()
+        self.sinks: list[AlertSink] = [LogSink()]
 
     # -- telemetry (called from the HTTP server's thread at scrape time) ---------------------
 
@@ -151,15 +154,17 @@ class Daemon:
             await asyncio.to_thread(self.resolver.rescan)
             try:
                 await asyncio.to_thread(probes.load)
-            except Exception:
-                await asyncio.to_thread(probes.close)
-                raise
-            for monitor in self.monitors:
-                monitor.bind(probes)
-            self.probes = probes
-            try:
-                host, port = config_mod.parse_listen(self.config.metrics.listen)
-                async with MetricsServer(host, port, self.families, self.declared()) as server:
+                for monitor in self.monitors:
+                    monitor.bind(probes)
+                self.probes = probes
+                # Leaving the stack runs in reverse: metrics server, then alert sinks (flush).
+                async with contextlib.AsyncExitStack() as stack:
+                    for sink in self.sinks:
+                        await stack.enter_async_context(sink)
+                    host, port = config_mod.parse_listen(self.config.metrics.listen)
+                    server = await stack.enter_async_context(
+                        MetricsServer(host, port, self.families, self.declared())
+                    )
                     probes.start(self._deliver_threadsafe, self._reader_failed)
                     self.log.info(
                         "ready",
@@ -212,7 +217,7 @@ class Daemon:
             try:
                 self._queue.put_nowait(event)
             except asyncio.QueueFull:
-                self._queue_dropped[_PROBE_OF[type(event)]] += 1
+                self._queue_dropped[event.probe] += 1
                 dropped += 1
         if dropped and time.monotonic() - self._last_drop_log > 10:
             self._last_drop_log = time.monotonic()
@@ -231,9 +236,20 @@ class Daemon:
             self._handle(event)
 
     def _handle(self, event: Event) -> None:
+        event = self._enrich(event)
+        self.log.info(event.kind, **event.log_fields())
+        for alert in self.evaluate(event):
+            self.raise_alert(alert)
+
+    def raise_alert(self, alert: Alert) -> None:
+        for sink in self.sinks:
+            sink.submit(alert)
+
+    def _enrich(self, event: Event) -> Event:
+        """The event with its cgroup path and service (from the cache: never blocks)."""
         path = self.resolver.cached(event.cgroup_id)
         service = UNKNOWN_SERVICE if path is None else service_of(path)
-        self.log.info("denial", **event.log_fields() | {"cgroup": path, "service": service})
+        return dataclasses.replace(event, cgroup=path, service=service)  # type: ignore[type-var]
 
     async def _housekeeping(self) -> None:
         while True:

@@ -16,7 +16,7 @@ from typing import Generic, Protocol, TypeVar
 from auditd.cgroups import CgroupResolver
 from auditd.config import DenialProbeConfig
 from auditd.events import Source, errno_name
-from auditd.monitor import Monitor
+from auditd.monitor import KernelContext, Monitor
 from auditd.telemetry import Family, LabelCap, counter
 from probes import denials as probe
 from probes.runtime import ProbeSet, ProbeSpec
@@ -123,14 +123,14 @@ class DenialMonitor(Monitor):
         self._services = services
         self.totals: DenialTotals[probe.CounterKey] | None = None
 
-    def probe_specs(self, mono_to_wall_ns: int) -> list[ProbeSpec]:
+    def probe_specs(self, kernel: KernelContext) -> list[ProbeSpec]:
         return [
             ProbeSpec(
                 name=self.name,
                 source=probe.SOURCE,
                 ringbuf="denial_events",
                 drops="denial_drops",
-                decode=probe.decoder(mono_to_wall_ns),
+                decode=probe.decoder(kernel.mono_to_wall_ns),
                 cflags=(
                     f"-DDENIAL_COUNTER_ENTRIES={self.config.counter_entries}",
                     f"-DTARGET_LEN={probe.TARGET_LEN}",

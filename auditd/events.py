@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno as _errno
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar, Protocol
 
 
 class Source(StrEnum):
@@ -21,9 +22,31 @@ def errno_name(number: int) -> str:
     return _errno.errorcode.get(number, f"E{number}")
 
 
+class Event(Protocol):
+    """What the core needs of every event: where it came from, its cgroup, its log fields.
+
+    Events are frozen dataclasses; enrichment returns a copy with `cgroup` and `service` set.
+    """
+
+    kind: ClassVar[str]  # the log event name, e.g. "denial"
+    probe: ClassVar[str]  # the probe that reports it, for loss accounting
+
+    @property
+    def cgroup_id(self) -> int: ...
+    @property
+    def cgroup(self) -> str | None: ...
+    @property
+    def service(self) -> str | None: ...
+
+    def log_fields(self) -> dict[str, object]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Denial:
     """One refusal by the kernel, as seen by one probe."""
+
+    kind: ClassVar[str] = "denial"
+    probe: ClassVar[str] = "denials"
 
     time_ns: int  # wall clock, nanoseconds since the epoch
     pid: int
@@ -62,6 +85,3 @@ class Denial:
             "cgroup": self.cgroup,
             "service": self.service,
         }
-
-
-Event = Denial

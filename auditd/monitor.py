@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any
 
+from auditd.offsets import OffsetPlan
+from auditd.paths import KernelPaths
 from auditd.telemetry import Family
 from probes.runtime import ProbeSet, ProbeSpec
+
+
+@dataclass(frozen=True, slots=True)
+class KernelContext:
+    """What monitors may know about the kernel when they choose their probes."""
+
+    paths: KernelPaths
+    plan: OffsetPlan  # struct offsets: from BTF, own headers, or off (plan.reason says why)
+    mono_to_wall_ns: int  # add to bpf_ktime_get_ns() for wall-clock nanoseconds
 
 
 class Monitor(abc.ABC):
@@ -15,8 +27,8 @@ class Monitor(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def probe_specs(self, mono_to_wall_ns: int) -> list[ProbeSpec]:
-        """The probes to compile; `mono_to_wall_ns` turns bpf_ktime_get_ns() into wall time."""
+    def probe_specs(self, kernel: KernelContext) -> list[ProbeSpec]:
+        """The probes to compile on this kernel."""
 
     def bind(self, probes: ProbeSet) -> None:  # noqa: B027 - optional hook
         """After load: take the kernel tables this monitor reads."""

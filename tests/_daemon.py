@@ -112,6 +112,31 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def bpf_objects_of(pid: int) -> tuple[set[int], set[int]]:
+    """The BPF program ids and map ids a process holds open (from /proc/<pid>/fdinfo)."""
+    progs: set[int] = set()
+    maps: set[int] = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, val = line.partition(":")
+            if key == "prog_id":
+                progs.add(int(val))
+            elif key == "map_id":
+                maps.add(int(val))
+    return progs, maps
+
+
+def bpf_maps() -> dict[int, str]:
+    out = subprocess.run(
+        ["bpftool", "-j", "map", "list"], capture_output=True, text=True, check=True
+    )
+    return {m["id"]: m.get("name", "") for m in json.loads(out.stdout or "[]")}
+
+
 def bpf_programs() -> dict[int, str]:
     """Loaded BPF programs by id → name, from bpftool."""
     out = subprocess.run(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _daemon import DaemonProcess, bpf_programs, value
+from _daemon import DaemonProcess, bpf_maps, bpf_objects_of, bpf_programs, value
 from _workload import denied_opens, scratch_cgroup, secret_file
 
 from auditd.cgroups import service_of
@@ -80,12 +80,12 @@ def test_denied_opens_reach_metrics_and_log(daemon: DaemonProcess) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_is_graceful_fast_and_detaches_everything(tmp_path: Path, sig: signal.Signals) -> None:
-    before = set(bpf_programs())
     d = DaemonProcess(_config(tmp_path))
     try:
         d.ready()
-        ours = {i for i, name in bpf_programs().items() if i not in before and name in OUR_PROGRAMS}
+        ours, our_maps = bpf_objects_of(d.proc.pid)
         assert ours, "the daemon's programs should be loaded while it runs"
+        assert set(bpf_programs()[i] for i in ours) >= {OUR_PROGRAMS[0]}
         started = time.monotonic()
         d.signal(sig)
         code = d.proc.wait(timeout=10)
@@ -96,6 +96,7 @@ def test_stop_is_graceful_fast_and_detaches_everything(tmp_path: Path, sig: sign
     assert took < 2.0, f"stop took {took:.2f}s"
     assert [e["event"] for e in d.lines][-3:] == ["stopping", "intake_stopped", "stopped"]
     assert not ours & set(bpf_programs()), "programs still loaded after exit"
+    assert not our_maps & set(bpf_maps()), "maps still loaded after exit"
 
 
 def test_sighup_reloads_and_a_broken_file_keeps_the_running_config(tmp_path: Path) -> None:

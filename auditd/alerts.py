@@ -1,0 +1,108 @@
+"""Alerts: what the policy raises and every alert exporter publishes.
+
+The JSON document is versioned (`schema: 1`, described by `auditd/schemas/alert-v1.json`).
+Each alert has an `id` unique across hosts and restarts, so a consumer receiving an alert
+twice (at-least-once delivery) can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+SCHEMA_VERSION = 1
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    NOTICE = "notice"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+_boot_token = f"{os.getpid():x}-{time.time_ns():x}"
+_sequence = itertools.count(1)
+
+
+def new_alert_id(host: str) -> str:
+    """`<host>-<pid>-<start time>-<n>`: unique without coordination, ordered within a run."""
+    return f"{host}-{_boot_token}-{next(_sequence)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    rule: str
+    severity: Severity
+    service: str
+    description: str
+    event_kind: str  # the triggering event's kind ("denial", "namespace_change", ...)
+    event: Mapping[str, Any]  # the triggering event's fields, as logged
+    count: int  # events this alert stands for (repeats collapsed into one alert)
+    first_seen_ns: int
+    last_seen_ns: int
+    host: str = field(default_factory=socket.gethostname)
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", new_alert_id(self.host))
+
+    def document(self) -> dict[str, Any]:
+        """The versioned JSON document sent to every alert exporter."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "id": self.id,
+            "rule": self.rule,
+            "severity": self.severity.value,
+            "host": self.host,
+            "service": self.service,
+            "description": self.description,
+            "count": self.count,
+            "first_seen_ns": self.first_seen_ns,
+            "last_seen_ns": self.last_seen_ns,
+            "event_kind": self.event_kind,
+            "event": dict(self.event),
+        }
+
+
+class AlertSink(Protocol):
+    """An alert exporter. `submit` is called on the event loop, in the order alerts are raised;
+    it must not block (hand slow work to the sink's own task) and must not lose the alert
+    silently: a sink that cannot deliver counts the loss in a metric.
+
+    Sinks are async context managers: the daemon enters them before the probes start and
+    leaves them after intake has stopped and the queue is drained (flush on exit)."""
+
+    name: str
+
+    def submit(self, alert: Alert) -> None: ...
+    async def __aenter__(self) -> AlertSink: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class LogSink:
+    """Alerts as JSON log lines (`"event": "alert"`): always on."""
+
+    name = "log"
+
+    def submit(self, alert: Alert) -> None:
+        # Looked up per alert (alerts are rare) so a log-level reload applies here too.
+        structlog.get_logger("bpf-auditd").warning("alert", **alert.document())
+
+    async def __aenter__(self) -> LogSink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
