@@ -54,11 +54,6 @@ _PERF_FLAG_FD_CLOEXEC: Final = 1 << 3
 _PERF_EVENT_IOC_SET_BPF: Final = 0x40042408  # _IOW('$', 8, __u32)
 
 # From include/uapi/linux/netlink.h, audit.h, landlock.h, lsm.h.
-_NETLINK_AUDIT: Final = 9
-_NLMSG_ERROR: Final = 2
-_NLM_F_REQUEST: Final = 1
-_AUDIT_GET: Final = 1000
-_AUDIT_NLGRP_READLOG: Final = 1
 _LANDLOCK_CREATE_RULESET_VERSION: Final = 1
 _LSM_NAMES: Final = {
     100: "capability",
@@ -596,31 +591,14 @@ class AuditNetlink:
     readlog_detail: str
 
 
-def _audit_status(sock: socket.socket) -> tuple[int, int]:
-    sock.send(struct.pack("=IHHII", 16, _AUDIT_GET, _NLM_F_REQUEST, 1, 0))
-    while True:
-        data = sock.recv(65536)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, kind = struct.unpack_from("=IH", data, offset)
-            if kind == _NLMSG_ERROR:
-                (err,) = struct.unpack_from("=i", data, offset + 16)
-                if err:
-                    raise OSError(-err, os.strerror(-err))
-            elif kind == _AUDIT_GET:
-                # struct audit_status: mask, enabled, failure, pid, ...
-                _mask, enabled, _failure, pid = struct.unpack_from("=IIII", data, offset + 16)
-                return enabled, pid
-            offset += max(16, (length + 3) & ~3)
-
-
 def audit_netlink(timeout: float = 1.0) -> AuditNetlink:
+    from auditd.audit import AUDIT_NLGRP_READLOG, NETLINK_AUDIT, read_status  # imports us
+
     enabled: int | None = None
     pid: int | None = None
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_AUDIT) as sock:
-            sock.settimeout(timeout)
-            enabled, pid = _audit_status(sock)
+        status = read_status(timeout=timeout)
+        enabled, pid = status.enabled, status.pid
         state = {0: "disabled", 1: "enabled", 2: "enabled and locked"}.get(enabled, "unknown")
         daemon = f"audit daemon pid {pid}" if pid else "no audit daemon registered"
         status_detail = f"audit {state} (enabled={enabled}), {daemon}"
@@ -629,8 +607,8 @@ def audit_netlink(timeout: float = 1.0) -> AuditNetlink:
     except OSError as exc:
         status_detail = f"AUDIT_GET failed: {errno_text(exc.errno)}"
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_AUDIT) as sock:
-            sock.bind((0, 1 << (_AUDIT_NLGRP_READLOG - 1)))
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT) as sock:
+            sock.bind((0, 1 << (AUDIT_NLGRP_READLOG - 1)))
         readlog, readlog_detail = True, "joined multicast group AUDIT_NLGRP_READLOG"
     except OSError as exc:
         readlog, readlog_detail = False, f"AUDIT_NLGRP_READLOG bind: {errno_text(exc.errno)}"
