@@ -1,13 +1,17 @@
-"""Prometheus exporter: /metrics over HTTP, built from the core's metric families at scrape time.
+"""Prometheus exporter: /metrics over HTTP(S), built from the core's metric families at scrape time.
 
 Kernel counters are read when Prometheus scrapes, not copied into Python metrics: one source of
 truth, and no work between scrapes. An explicit registry keeps instances (and tests) isolated.
+TLS and basic auth come from a web-config file (`webconfig`); the package directory also holds
+the shipped alerting rules, their unit tests, a Grafana dashboard and a scrape config.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
@@ -17,10 +21,12 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.registry import Collector
 
 from auditd.telemetry import PREFIX, Family, counter
+from exporters.prometheus._http import BasicAuth, MetricsHTTPServer, make_app
+from exporters.prometheus.webconfig import WebConfig
 
 log = structlog.get_logger("bpf-auditd.prometheus")
 
@@ -90,7 +96,8 @@ def build_registry(
 
 
 class MetricsServer:
-    """`async with MetricsServer(host, port, families, declared) as server:` serves /metrics."""
+    """`async with MetricsServer(host, port, families, declared, web) as server:` serves
+    /metrics; with a web config, over TLS and/or behind basic auth."""
 
     def __init__(
         self,
@@ -98,28 +105,51 @@ class MetricsServer:
         port: int,
         families: Callable[[], Sequence[Family]],
         declared: Sequence[Family],
+        web: WebConfig | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.web = web
         self.registry = build_registry(families, declared)
-        self._httpd: Any = None
+        self._httpd: MetricsHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> str:
+        assert self._httpd is not None, "the server is not running"
         host, port = self._httpd.server_address[:2]
+        host = str(host)
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.web is not None and self.web.context is not None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.address}/metrics"
 
     async def __aenter__(self) -> MetricsServer:
         try:
-            self._httpd, self._thread = await asyncio.to_thread(
-                start_http_server, self.port, self.host, self.registry
-            )
+            self._httpd = await asyncio.to_thread(self._start)
         except OSError as exc:
             raise ExporterError(
                 f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}"
             ) from exc
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+        users = bool(self.web and self.web.users)
+        if users and not self.tls:
+            log.warning("basic_auth_without_tls", reason="passwords cross the network in clear")
         return self
+
+    def _start(self) -> MetricsHTTPServer:
+        web = self.web
+        auth = BasicAuth(web.users) if web is not None and web.users else None
+        app = make_app(make_wsgi_app(self.registry), auth, web.headers if web else {})
+        return MetricsHTTPServer(self.host, self.port, app, web.context if web else None)
 
     async def __aexit__(
         self,
@@ -131,7 +161,18 @@ class MetricsServer:
             await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        httpd = self._httpd
+        assert httpd is not None
+        # serve_forever() notices shutdown() only when its select() returns, up to 0.5 s later;
+        # a connection to ourselves makes it return now (it then exits without accepting it).
+        stopper = threading.Thread(target=httpd.shutdown, name="metrics-http-stop", daemon=True)
+        stopper.start()
+        host, port = httpd.server_address[:2]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(host), str(host))
+        while stopper.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection((host, int(port)), timeout=0.1).close()
+            stopper.join(0.05)
+        httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=2)
