@@ -11,40 +11,92 @@ import pytest
 
 from auditd.cgroups import CgroupResolver
 from auditd.config import DenialProbeConfig
-from auditd.denials import DenialMonitor, DenialSeries, DenialTotals
-from auditd.events import Source
+from auditd.denials import DenialMonitor, DenialSeries, DenialTotals, RepeatAccountant
+from auditd.events import Denial, Source
 from auditd.telemetry import OTHER, LabelCap
 from probes import denials
 
 
-def _record(comm: bytes, target: bytes, flags: int = 0) -> bytes:
-    r = denials.DenialRecord(
-        ktime_ns=5,
-        cgroup_id=42,
-        pid=10,
-        tid=11,
-        uid=65534,
-        gid=65534,
-        syscall=257,
-        err=13,
-        source=0,
-        flags=flags,
-        comm=comm,
-        target=target,
-    )
-    return bytes(r)
+def _record(comm: bytes, target: bytes, flags: int = 0, **fields: object) -> bytes:
+    values: dict[str, object] = {
+        "ktime_ns": 5,
+        "cgroup_id": 42,
+        "target_hash": 99,
+        "seen": 1,
+        "pid": 10,
+        "tid": 11,
+        "ppid": 9,
+        "uid": 65534,
+        "gid": 65534,
+        "syscall": 257,
+        "err": 13,
+        "source": 0,
+        "flags": flags,
+        "target_kind": denials.TARGET_PATH,
+        "cause_cap": denials.NO_CAP,
+        "comm": comm,
+        "target": target,
+    }
+    values.update(fields)
+    return bytes(denials.DenialRecord(**values))
+
+
+def _decode(data: bytes, offset: int = 0) -> Denial:
+    return denials.decoder(offset)(data).denial
 
 
 def test_decode_a_record() -> None:
-    event = denials.decoder(1_000)(_record(b"cat", b"/etc/shadow"))
-    assert (event.time_ns, event.pid, event.tid, event.cgroup_id) == (1_005, 10, 11, 42)
-    assert (event.syscall, event.errno, event.errno_name, event.source) == (
+    decoded = denials.decoder(1_000)(_record(b"cat", b"/etc/shadow"))
+    event = decoded.denial
+    assert (event.time_ns, event.pid, event.tid, event.ppid, event.cgroup_id) == (
+        1_005,
+        10,
+        11,
+        9,
+        42,
+    )
+    assert (event.syscall, event.errno, event.errno_name, event.source, event.cause) == (
         "openat",
         13,
         "EACCES",
         Source.SYSCALL,
+        "dac_or_other",
     )
     assert (event.comm, event.target, event.target_truncated) == ("cat", "/etc/shadow", False)
+    assert (decoded.seen, decoded.key.target_hash, decoded.key.tgid) == (1, 99, 10)
+
+
+@pytest.mark.parametrize(
+    ("fields", "syscall", "target", "cause", "source"),
+    [
+        ({"target_kind": denials.TARGET_PID, "target_int": 1, "target_int2": 9, "syscall": 62},
+         "kill", "pid=1 sig=9", "dac_or_other", Source.SYSCALL),
+        ({"target_kind": denials.TARGET_SOCKADDR, "family": 2, "port": 80,
+          "addr": (ctypes.c_uint8 * 16)(127, 0, 0, 1), "syscall": 42},
+         "connect", "127.0.0.1:80", "dac_or_other", Source.SYSCALL),
+        ({"target_kind": denials.TARGET_SOCKADDR, "family": 10, "port": 443,
+          "addr": (ctypes.c_uint8 * 16)(*([0] * 15 + [1])), "syscall": 49},
+         "bind", "[::1]:443", "dac_or_other", Source.SYSCALL),
+        ({"target_kind": denials.TARGET_INT, "target_int": 0x40000000, "syscall": 272},
+         "unshare", "flags=0x40000000", "dac_or_other", Source.SYSCALL),
+        ({"target_kind": denials.TARGET_PATH, "cause_cap": 21, "source": 1, "syscall": 170},
+         "sethostname", "/etc/shadow", "capability:CAP_SYS_ADMIN", Source.CAPABILITY),
+        ({"target_kind": denials.TARGET_INT, "source": 4, "err": 1000, "syscall": 110},
+         "getppid", "seccomp_data=0", "seccomp", Source.SECCOMP),
+        ({"cause_cap": denials.CAUSE_SELINUX, "source": 3}, "openat", "/etc/shadow", "selinux",
+         Source.SELINUX),
+    ],
+)  # fmt: skip
+def test_targets_and_causes(
+    fields: dict[str, object], syscall: str, target: str, cause: str, source: Source
+) -> None:
+    event = _decode(_record(b"x", b"/etc/shadow", **fields))
+    assert (event.syscall, event.target, event.cause, event.source) == (
+        syscall,
+        target,
+        cause,
+        source,
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,7 +109,7 @@ def test_decode_a_record() -> None:
     ],
 )
 def test_hostile_names_survive_as_json(raw: bytes, text: str) -> None:
-    event = denials.decoder(0)(_record(raw[:15], raw))
+    event = _decode(_record(raw[:15], raw))
     assert event.target == text
     line = json.dumps(event.log_fields())
     assert "\n" not in line
@@ -65,16 +117,29 @@ def test_hostile_names_survive_as_json(raw: bytes, text: str) -> None:
 
 
 def test_truncated_and_unreadable_targets_are_flagged() -> None:
-    decode = denials.decoder(0)
-    long = decode(_record(b"x", b"a" * 255, flags=denials.FLAG_TARGET_TRUNCATED))
+    long = _decode(_record(b"x", b"a" * 255, flags=denials.FLAG_TARGET_TRUNCATED))
     assert long.target_truncated
-    gone = decode(_record(b"x", b"", flags=denials.FLAG_TARGET_UNREADABLE))
+    gone = _decode(_record(b"x", b"", flags=denials.FLAG_TARGET_UNREADABLE))
     assert gone.target == ""
 
 
 def test_short_record_is_rejected() -> None:
     with pytest.raises(ValueError, match="Buffer size too small"):
         denials.decoder(0)(b"\0" * 10)
+
+
+def test_repeats_and_summaries_account_for_every_refusal() -> None:
+    accountant = RepeatAccountant(limit=16)
+    decode = denials.decoder(0)
+    first = accountant.on_record(decode(_record(b"x", b"/a", seen=1)))
+    later = accountant.on_record(decode(_record(b"x", b"/a", seen=7)))
+    assert (first.repeats, later.repeats) == (0, 5)
+    key = denials.DedupKey(99, 10, 257, 13, 0)
+    assert accountant.summaries({key: (7, 0)}, 20_000_000_000, 10_000_000_000) == []
+    (summary,) = accountant.summaries({key: (12, 0)}, 20_000_000_000, 10_000_000_000)
+    assert (summary.repeats, summary.summary, summary.log_fields()["count"]) == (5, True, 5)
+    assert later.log_fields()["count"] == 6
+    assert accountant.summaries({key: (12, 0)}, 30_000_000_000, 10_000_000_000) == []
 
 
 @dataclass(frozen=True)
@@ -137,4 +202,3 @@ def test_monitor_declares_what_it_yields() -> None:
     monitor = DenialMonitor(DenialProbeConfig(), CgroupResolver(None), LabelCap(1))
     assert [f.name for f in monitor.families()] == [f.name for f in monitor.declared()]
     assert all(not f.samples for f in monitor.declared())
-    assert ctypes.sizeof(denials.DenialRecord) == 64 + denials.TARGET_LEN

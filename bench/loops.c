@@ -1,0 +1,56 @@
+/* Syscall loops for bench/denials.py: the per-operation cost the daemons add.
+ *   loops open PATH N   open(PATH) N times as uid/gid 65534 (refused: EACCES)
+ *   loops getppid N     getppid() N times (a syscall no probe looks at)
+ * Prints nanoseconds per operation. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: loops open PATH N | loops getppid N\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "open") == 0 && argc == 4) {
+        const char *path = argv[2];
+        long n = atol(argv[3]);
+        if (setgroups(0, NULL) || setgid(65534) || setuid(65534)) {
+            perror("drop privileges");
+            return 1;
+        }
+        double t = now();
+        for (long i = 0; i < n; i++) {
+            int fd = open(path, O_RDONLY);
+            if (fd >= 0) {
+                fprintf(stderr, "open succeeded: the file must refuse uid 65534\n");
+                return 1;
+            }
+        }
+        printf("%.1f\n", (now() - t) / n);
+        return 0;
+    }
+    if (strcmp(argv[1], "getppid") == 0) {
+        long n = atol(argv[2]);
+        double t = now();
+        for (long i = 0; i < n; i++)
+            syscall(SYS_getppid);
+        printf("%.1f\n", (now() - t) / n);
+        return 0;
+    }
+    fprintf(stderr, "unknown loop %s\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,109 @@
+"""Joining refusals to LSM audit events, in either order, without a kernel (clock passed in)."""
+
+from __future__ import annotations
+
+from dataclasses import replace as dataclasses_replace
+
+from auditd.audit_records import AuditEvent, LandlockAccess, Syscall
+from auditd.events import Denial, Source
+from auditd.lsm import LsmCorrelator
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _refusal(pid: int = 7, cause: str = "dac_or_other") -> Denial:
+    return Denial(
+        time_ns=1, pid=pid, tid=pid, ppid=1, uid=0, gid=0, comm="cat", cgroup_id=42,
+        source=Source.SYSCALL, syscall="openat", errno=13, target="/etc/hostname", cause=cause,
+    )  # fmt: skip
+
+
+def _landlock(pid: int = 7) -> AuditEvent:
+    access = LandlockAccess.parse(
+        (("domain", "1a2b"), ("blockers", "fs.read_file"), ("path", "/etc/hostname"))
+    )
+    syscall = Syscall.parse(
+        (("arch", "c000003e"), ("syscall", "257"), ("success", "no"), ("exit", "-13"),
+         ("pid", str(pid)), ("comm", "cat"))
+    )  # fmt: skip
+    return AuditEvent(time_ns=5, serial=1, records=(access, syscall), complete=True)
+
+
+def _correlator(clock: Clock) -> LsmCorrelator:
+    return LsmCorrelator(wait=0.1, window=10.0, clock=clock, cgroup_of_pid=lambda pid: 42)
+
+
+def test_refusal_first_then_audit_is_one_landlock_denial() -> None:
+    clock = Clock()
+    c = _correlator(clock)
+    assert c.hold(_refusal()) is None
+    (joined,) = c.on_audit(_landlock())
+    assert (joined.source, joined.cause, joined.cgroup_id) == (
+        Source.LANDLOCK,
+        "landlock:fs.read_file",
+        42,
+    )
+    assert dict(joined.detail)["blockers"] == "fs.read_file"
+    clock.now = 1.0
+    assert c.expire() == []
+
+
+def test_audit_first_then_refusal_is_one_landlock_denial() -> None:
+    clock = Clock()
+    c = _correlator(clock)
+    assert c.on_audit(_landlock()) == []
+    joined = c.hold(_refusal())
+    assert joined is not None
+    assert (joined.source, joined.tid, joined.ppid) == (Source.LANDLOCK, 7, 1)
+    clock.now = 1.0
+    assert c.expire() == []
+
+
+def test_unclaimed_refusals_and_lone_audit_events_are_released_after_the_wait() -> None:
+    clock = Clock()
+    c = _correlator(clock)
+    assert c.hold(_refusal(pid=1)) is None
+    assert c.on_audit(_landlock(pid=2)) == []
+    clock.now = 0.05
+    assert c.expire() == []
+    clock.now = 0.2
+    released = sorted(c.expire(), key=lambda d: d.pid)
+    assert [(d.pid, d.source) for d in released] == [(1, Source.SYSCALL), (2, Source.LANDLOCK)]
+    # A repeat of the lone audit event inside the window is not sent again.
+    c.on_audit(_landlock(pid=2))
+    clock.now = 0.5
+    assert c.expire() == []
+    assert c.counts["unknown", "landlock", "fs.read_file"] == 2
+
+
+def test_refusals_with_a_known_cause_pass_straight_through() -> None:
+    c = _correlator(Clock())
+    denial = _refusal(cause="capability:CAP_SYS_ADMIN")
+    assert c.hold(denial) is denial
+
+
+def test_selinux_refusal_gets_its_rights_from_the_avc_record() -> None:
+    from auditd.audit_records import Avc
+
+    avc = Avc.parse(
+        'avc:  denied  { read } for  pid=7 comm="cat" name="shadow" dev="sda1" ino=42 '
+        "scontext=user_u:user_r:user_t:s0 tcontext=system_u:object_r:shadow_t:s0 tclass=file "
+        "permissive=0"
+    )
+    assert avc is not None
+    syscall = Syscall.parse(
+        (("arch", "c000003e"), ("syscall", "257"), ("exit", "-13"), ("pid", "7"))
+    )
+    event = AuditEvent(time_ns=5, serial=2, records=(avc, syscall), complete=True)
+    c = _correlator(Clock())
+    refusal = _refusal(cause="selinux")
+    assert c.hold(dataclasses_replace(refusal, source=Source.SELINUX)) is None
+    (joined,) = c.on_audit(event)
+    assert (joined.source, joined.cause) == (Source.SELINUX, "selinux:read")
+    assert dict(joined.detail)["tclass"] == "file"
