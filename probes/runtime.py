@@ -7,10 +7,13 @@ the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
+import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,24 @@ from typing import Any
 import structlog
 
 from auditd.events import Event
+from probes import perf
 
 PROBES_DIR = Path(__file__).resolve().parent
 INCLUDE_DIR = PROBES_DIR / "include"
+TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 log = structlog.get_logger("bpf-auditd.probes")
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _close_all(fds: list[int]) -> None:
+    if fds:
+        with ThreadPoolExecutor(max_workers=min(64, len(fds))) as pool:
+            list(pool.map(_close_quietly, fds))
 
 
 class ProbeError(Exception):
@@ -35,6 +51,8 @@ class DropKind(enum.IntEnum):
     RINGBUF = 0
     COUNTER_FULL = 1
     PENDING_FULL = 2
+    SITE_FULL = 3
+    LIVE_FULL = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,11 @@ class ProbeSpec:
     drops: str  # per-CPU array indexed by DropKind
     decode: Callable[[bytes], Event]
     cflags: tuple[str, ...] = ()
+    # (function, "category:event") attached by name after load, for tracepoints another probe
+    # also hooks: BCC auto-attaches one TRACEPOINT_PROBE per tracepoint and object.
+    tracepoints: tuple[tuple[str, str], ...] = ()
+    # (function, tracepoint) attached as raw tracepoints by name, for the same reason.
+    raw_tracepoints: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -96,6 +119,8 @@ class ProbeSet:
         self._batch_max = batch_max
         self._poll_timeout_ms = poll_timeout_ms
         self._bpf: Any = None
+        self._perf_fds: list[int] = []
+        self._link_fds: list[int] = []
         self._tables: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -118,6 +143,13 @@ class ProbeSet:
         except Exception as exc:  # BCC raises bare Exception for compile and load failures
             raise ProbeError(f"loading {', '.join(s.name for s in self.specs)}: {exc}") from exc
         for spec in self.specs:
+            try:
+                for fn, tp in spec.tracepoints:
+                    self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                for fn, tp in spec.raw_tracepoints:
+                    self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            except Exception as exc:  # BCC raises bare Exception when an attach fails
+                raise ProbeError(f"attaching {spec.name}: {exc}") from exc
             self.table(spec.ringbuf).open_ring_buffer(self._callback(spec))
             self.table(spec.drops)
 
@@ -139,12 +171,50 @@ class ProbeSet:
             self._bpf.ring_buffer_consume()
             self._flush()
 
+    def attach_tracepoint(self, tracepoint: str, function: str) -> None:
+        """Attach a loaded function to one more tracepoint ("category:event") through a BPF
+        link (probes/perf.py: detaching is then fast): one program serves many tracepoints
+        of the same record layout."""
+        if self._bpf is None:
+            raise ProbeError("probes are not loaded")
+        from bcc import BPF
+
+        category, _, event = tracepoint.partition(":")
+        tracefs = next((p for p in TRACEFS if (p / "events").is_dir()), None)
+        try:
+            if tracefs is None:
+                raise OSError("tracefs is not mounted")
+            fn = self._bpf.load_func(function.encode(), BPF.TRACEPOINT)
+            perf_fd, link_fd = perf.attach(tracefs, category, event, fn.fd)
+        except Exception as exc:  # BCC raises bare Exception; attach raises OSError
+            raise ProbeError(f"attaching {function} to {tracepoint}: {exc}") from exc
+        self._perf_fds.append(perf_fd)
+        self._link_fds.append(link_fd)
+
     def close(self) -> None:
         """Detach and unload every program and map."""
+        # Closing a link detaches its program; each close waits for an RCU grace period, but
+        # not under a shared lock, so closed from many threads the waits overlap (~150 links:
+        # 5.1 s one by one, 0.2 s in parallel, measured with the CPUs busy).
+        _close_all(self._link_fds)
+        self._link_fds.clear()
+        perf.release(self._perf_fds)
+        self._perf_fds.clear()
         if self._bpf is not None:
+            self._detach_tracepoints()
             self._bpf.cleanup()
             self._bpf = None
             self._tables.clear()
+
+    def _detach_tracepoints(self) -> None:
+        """Close BCC's own tracepoint perf events (TRACEPOINT_PROBE programs, a few) from
+        several threads: each close waits for RCU grace periods in the kernel."""
+        fds = getattr(self._bpf, "tracepoint_fds", None)
+        if not isinstance(fds, dict) or not fds:
+            return
+        pending = list(fds.values())
+        fds.clear()  # so cleanup() does not close them again
+        _close_all(pending)
 
     # -- kernel state ----------------------------------------------------------------------
 
