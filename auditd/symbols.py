@@ -1,0 +1,93 @@
+"""Kernel addresses → `function+0xoffset` names, from /proc/kallsyms, loaded once and cached.
+
+Where kptr_restrict hides addresses (every address reads as zero, LinuxKit's default), names
+cannot be found: addresses are shown as they are, and `hidden` says why.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from pathlib import Path
+
+# Text symbols (code): call sites are return addresses inside functions.
+_TEXT_TYPES = frozenset("tTwW")
+# An address further than this past the last symbol is not in the kernel's text.
+_MAX_DISTANCE = 1 << 20
+_CACHE_LIMIT = 1 << 16
+
+
+class KernelSymbols:
+    """Thread-safe: the table is read on first use, names are cached per address."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._starts: list[int] = []
+        self._names: list[str] = []
+        self._cache: dict[int, str] = {}
+        self._loaded = False
+        self._lock = threading.Lock()
+        self.hidden = False  # readable, but every address is zero (kptr_restrict)
+        self.problem = ""  # why names are off, if they are
+
+    def _load(self) -> None:
+        symbols: list[tuple[int, str]] = []
+        zeros = 0
+        try:
+            with self.path.open(encoding="utf-8", errors="replace") as lines:
+                for line in lines:
+                    parts = line.split()
+                    if len(parts) < 3 or parts[1] not in _TEXT_TYPES:
+                        continue
+                    address = int(parts[0], 16)
+                    if address == 0:
+                        zeros += 1
+                        continue
+                    name = parts[2] if len(parts) == 3 else f"{parts[2]} {parts[3]}"
+                    symbols.append((address, name))
+        except (OSError, ValueError) as exc:
+            self.problem = f"cannot read {self.path}: {exc}"
+            return
+        if not symbols:
+            self.hidden = zeros > 0
+            self.problem = (
+                f"{self.path} shows every address as zero (kptr_restrict): call sites stay "
+                "raw addresses"
+                if self.hidden
+                else f"{self.path} lists no text symbols"
+            )
+            return
+        symbols.sort()
+        self._starts = [a for a, _ in symbols]
+        self._names = [n for _, n in symbols]
+
+    def status(self) -> str:
+        """Where names come from, or why call sites stay raw addresses."""
+        with self._lock:
+            self._ensure_loaded()
+        return self.problem or str(self.path)
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+
+    def name(self, address: int) -> str:
+        """`function+0xoff` (`function+0xoff [module]` for modules), or the address in hex."""
+        found = self._cache.get(address)
+        if found is not None:
+            return found
+        with self._lock:
+            self._ensure_loaded()
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            found = self._cache[address] = self._lookup(address)
+        return found
+
+    def _lookup(self, address: int) -> str:
+        at = bisect.bisect_right(self._starts, address) - 1
+        if at < 0 or address - self._starts[at] > _MAX_DISTANCE:
+            return f"0x{address:x}"
+        name, _, module = self._names[at].partition(" ")
+        offset = f"{name}+0x{address - self._starts[at]:x}"
+        return f"{offset} {module}" if module else offset

@@ -1,0 +1,299 @@
+"""Loader side of allocations.bpf.c: how it attaches on this kernel, its map layouts, and reading,
+draining and retiring its tables."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auditd.btf import Btf, BtfError
+from auditd.events import Event
+
+SOURCE = "allocations.bpf.c"
+RINGBUF = "alloc_events"
+DROPS = "alloc_drops"
+TYPE_LEN = 32
+SLOT_PROBES = 4
+# Numbering of `enum alloc_kind` in the C.
+KINDS = ("kmalloc", "slab", "page")
+KIND_PAGE = 2
+
+
+class SlotTotals(ctypes.Structure):
+    """Mirror of `struct alloc_totals` (one CPU's share of one slot)."""
+
+    _fields_ = (
+        ("count", ctypes.c_uint64 * len(KINDS)),
+        ("bytes_req", ctypes.c_uint64 * len(KINDS)),
+        ("bytes_alloc", ctypes.c_uint64 * len(KINDS)),
+        ("rng", ctypes.c_uint64),
+    )
+
+
+class SiteKey(ctypes.Structure):
+    """Mirror of `struct alloc_site_key`."""
+
+    _fields_ = (
+        ("cgroup_id", ctypes.c_uint64),
+        ("call_site", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("kind", ctypes.c_uint32),
+    )
+
+
+class SiteValue(ctypes.Structure):
+    """Mirror of `struct alloc_site_value`."""
+
+    _fields_ = (
+        ("count", ctypes.c_uint64),
+        ("bytes_req", ctypes.c_uint64),
+        ("bytes_alloc", ctypes.c_uint64),
+        ("type", ctypes.c_char * TYPE_LEN),
+    )
+
+
+class LiveValue(ctypes.Structure):
+    """Mirror of `struct alloc_live_value`."""
+
+    _fields_ = (
+        ("cgroup_id", ctypes.c_uint64),
+        ("call_site", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("kind", ctypes.c_uint32),
+    )
+
+
+def decode(data: bytes) -> Event:
+    """The probe's ring buffer carries no records; anything read there is counted as undecodable."""
+    raise ValueError(f"{SOURCE} sends no records ({len(data)} bytes read)")
+
+
+# -- how to attach -------------------------------------------------------------------------
+
+# Raw tracepoint -> the leading argument types the program reads (ctx->args[i]); checked
+# against the running kernel's `btf_trace_*` prototypes, which have changed before (6.2 moved
+# kmem_cache_alloc's sizes into its struct kmem_cache argument).
+RAW_PROTOTYPES: dict[str, tuple[str, ...]] = {
+    "kmalloc": ("long unsigned int", "const void *", "size_t", "size_t"),
+    "kmem_cache_alloc": ("long unsigned int", "const void *", "struct kmem_cache *"),
+    "mm_page_alloc": ("struct page *", "unsigned int"),
+    "kfree": ("long unsigned int", "const void *"),
+    "kmem_cache_free": ("long unsigned int", "const void *"),
+    "mm_page_free": ("struct page *",),
+    "mm_page_free_batched": ("struct page *",),
+}
+CACHE_FIELDS = {
+    "OFF_KMEM_CACHE_SIZE": "size",
+    "OFF_KMEM_CACHE_OBJECT_SIZE": "object_size",
+    "OFF_KMEM_CACHE_NAME": "name",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AttachPlan:
+    """Raw tracepoints (cheap; need BTF to prove their arguments) or classic ones (any kernel)."""
+
+    raw: bool
+    cflags: tuple[str, ...]
+    reason: str = ""  # why classic tracepoints, when raw ones were wanted
+
+    @property
+    def mode(self) -> str:
+        return "raw" if self.raw else "classic"
+
+
+def attach_plan(btf_path: Path, *, want_raw: bool = True) -> AttachPlan:
+    classic = ("-DALLOC_RAW=0",)
+    if not want_raw:
+        return AttachPlan(False, classic)
+    try:
+        btf = Btf.load(btf_path)
+        offsets = {macro: btf.offsetof("kmem_cache", f) for macro, f in CACHE_FIELDS.items()}
+        for tracepoint, wanted in RAW_PROTOTYPES.items():
+            got = btf.tracepoint_args(tracepoint)
+            if got is None or got[: len(wanted)] != wanted:
+                return AttachPlan(
+                    False,
+                    classic,
+                    f"raw tracepoint {tracepoint} takes {got}, expected {wanted} first: "
+                    "classic tracepoints (slower)",
+                )
+    except BtfError as exc:
+        return AttachPlan(False, classic, f"{exc}: classic tracepoints (slower)")
+    return AttachPlan(True, ("-DALLOC_RAW=1", *(f"-D{m}={v}" for m, v in offsets.items())))
+
+
+def shift_of(power_of_two: int) -> int:
+    """log2 of a sampling rate (1 -> 0: every one)."""
+    return int(math.log2(power_of_two))
+
+
+# -- reading the tables --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Allocations and bytes (requested, allocated) of one kind."""
+
+    count: int = 0
+    requested: int = 0
+    allocated: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.count + other.count,
+            self.requested + other.requested,
+            self.allocated + other.allocated,
+        )
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.count - other.count,
+            self.requested - other.requested,
+            self.allocated - other.allocated,
+        )
+
+
+ZERO = Usage()
+# kind -> Usage; kinds with nothing are left out.
+KindUsage = dict[str, Usage]
+
+
+def add_usage(into: KindUsage, more: KindUsage) -> None:
+    for kind, usage in more.items():
+        into[kind] = into.get(kind, ZERO) + usage
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A sampled call site (one drain's worth): samples, not estimates."""
+
+    cgroup_id: int
+    call_site: int
+    tgid: int
+    kind: str
+    usage: Usage
+    type: str  # slab cache name ("" when unknown or not a slab allocation)
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """A tracked live object (one of the sampled addresses)."""
+
+    cgroup_id: int
+    call_site: int
+    tgid: int
+    kind: str
+    bytes: int
+
+
+def _kind(number: int) -> str:
+    return KINDS[number] if 0 <= number < len(KINDS) else f"kind{number}"
+
+
+def _items(table: Any) -> Iterator[tuple[Any, Any]]:
+    """Every entry, in one BPF_MAP_LOOKUP_BATCH where the kernel has it (a syscall per entry
+    otherwise: 64k entries took seconds from Python)."""
+    try:
+        yield from list(table.items_lookup_batch())
+    except Exception:  # BCC raises bare Exception when the kernel refuses batch operations
+        yield from table.items()
+
+
+def _int(value: Any) -> int:
+    """A scalar key or value: batch reads give ints, per-entry reads ctypes scalars."""
+    return value if isinstance(value, int) else int(value.value)
+
+
+class AllocationTables:
+    """The probe's maps. Reads block on syscalls: call them off the event loop."""
+
+    def __init__(self, owners: Any, totals: Any, sites: Any, live: Any, *, slots: int) -> None:
+        self._owners = owners
+        self._totals = totals
+        self._sites = sites
+        self._live = live
+        self.slots = slots
+
+    @staticmethod
+    def _usage(per_cpu: Any) -> KindUsage:
+        out: KindUsage = {}
+        for k, kind in enumerate(KINDS):
+            usage = Usage(
+                sum(cpu.count[k] for cpu in per_cpu),
+                sum(cpu.bytes_req[k] for cpu in per_cpu),
+                sum(cpu.bytes_alloc[k] for cpu in per_cpu),
+            )
+            if usage.count:
+                out[kind] = usage
+        return out
+
+    def owners(self) -> dict[int, int]:
+        """slot -> cgroup id, for claimed slots."""
+        return {_int(k): _int(v) for k, v in _items(self._owners) if _int(v)}
+
+    def read(self) -> tuple[dict[int, KindUsage], KindUsage]:
+        """Exact totals per cgroup (summed over its slots and CPUs), and the overflow slot's."""
+        owners = self.owners()
+        per_cgroup: dict[int, KindUsage] = {}
+        overflow: KindUsage = {}
+        for key, per_cpu in _items(self._totals):
+            slot = _int(key)
+            if slot == self.slots:
+                overflow = self._usage(per_cpu)
+            elif slot in owners:
+                add_usage(per_cgroup.setdefault(owners[slot], {}), self._usage(per_cpu))
+        return per_cgroup, overflow
+
+    def release(self, slot: int) -> KindUsage:
+        """Free a slot of a removed cgroup; returns what it held. Totals are zeroed before the
+        owner is cleared, so a cgroup that claims it next starts from zero."""
+        key = ctypes.c_uint32(slot)
+        held = self._usage(self._totals.getvalue(key))
+        self._totals[key] = self._totals.Leaf()
+        self._owners[key] = ctypes.c_uint64(0)
+        return held
+
+    def drain_sites(self) -> list[Site]:
+        """Take every sampled call site out of the kernel map (so it never fills with dead
+        processes). An increment racing with the delete is lost: these are samples."""
+        sites = []
+        try:
+            entries = list(self._sites.items_lookup_and_delete_batch())
+        except Exception:  # no batch operations: read, then delete key by key
+            entries = list(self._sites.items())
+            for key, _ in entries:
+                with contextlib.suppress(KeyError):
+                    del self._sites[key]
+        for key, per_cpu in entries:
+            usage = Usage(
+                sum(v.count for v in per_cpu),
+                sum(v.bytes_req for v in per_cpu),
+                sum(v.bytes_alloc for v in per_cpu),
+            )
+            if not usage.count:
+                continue
+            type_name = next((v.type for v in per_cpu if v.type), b"")
+            sites.append(
+                Site(
+                    key.cgroup_id,
+                    key.call_site,
+                    key.tgid,
+                    _kind(key.kind),
+                    usage,
+                    type_name.decode("utf-8", "backslashreplace"),
+                )
+            )
+        return sites
+
+    def live(self) -> list[Live]:
+        return [
+            Live(v.cgroup_id, v.call_site, v.tgid, _kind(v.kind), v.bytes)
+            for _, v in _items(self._live)
+        ]
