@@ -54,6 +54,10 @@ class Alert:
     last_seen_ns: int
     host: str = field(default_factory=socket.gethostname)
     id: str = ""
+    # True when this alert collects repeats folded by dedup/cooldown or a rate limit.
+    summary: bool = False
+    # The dedup key's fields and values this alert stands for (e.g. service, target).
+    key: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -74,7 +78,13 @@ class Alert:
             "last_seen_ns": self.last_seen_ns,
             "event_kind": self.event_kind,
             "event": dict(self.event),
+            "summary": self.summary,
+            "key": dict(self.key),
         }
+
+
+class SinkError(Exception):
+    """An alert sink cannot start (unreadable credentials, unusable spool, ...): one line."""
 
 
 class AlertSink(Protocol):
@@ -93,13 +103,14 @@ class AlertSink(Protocol):
 
 
 class LogSink:
-    """Alerts as JSON log lines (`"event": "alert"`): always on."""
+    """Alerts as JSON log lines, `{"event": "alert", "alert": <the document>}`: always on."""
 
     name = "log"
 
     def submit(self, alert: Alert) -> None:
-        # Looked up per alert (alerts are rare) so a log-level reload applies here too.
-        structlog.get_logger("bpf-auditd").warning("alert", **alert.document())
+        # Looked up per alert (alerts are rare) so a log-level reload applies here too. The
+        # document is nested whole: its own `event` key would collide with the log's.
+        structlog.get_logger("bpf-auditd").warning("alert", alert=alert.document())
 
     async def __aenter__(self) -> LogSink:
         return self

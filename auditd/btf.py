@@ -50,7 +50,7 @@ _PER_ITEM: Final = tuple(
 # Kinds that only qualify or rename another type: offsetof looks through them.
 _TRANSPARENT: Final = frozenset({_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG})
 # Kinds whose names are indexed, so lookups by name never scan the whole section.
-_INDEXED: Final = frozenset({_STRUCT, _UNION, _FUNC})
+_INDEXED: Final = frozenset({_STRUCT, _UNION, _FUNC, _TYPEDEF})
 _MAX_CHAIN: Final = 64  # typedef/const chains are short; a longer one means a corrupt loop
 
 
@@ -308,6 +308,38 @@ class Btf:
         """Type id of the FUNC called *name* (what fentry/BPF-LSM attach by), or None."""
         ids = self._ids_named(name, frozenset({_FUNC}))
         return ids[0] if ids else None
+
+    def tracepoint_args(self, name: str) -> tuple[str, ...] | None:
+        """C types of raw tracepoint *name*'s arguments, as ``ctx->args[i]`` holds them (from the
+        ``btf_trace_<name>`` typedef, its leading context pointer left out), e.g.
+        ``("long unsigned int", "const void *")``; None when the kernel has no such tracepoint."""
+        ids = self._ids_named(f"btf_trace_{name}", frozenset({_TYPEDEF}))
+        if not ids:
+            return None
+        proto = self._strip(self._type(self._strip(ids[0]))[4])  # typedef -> pointer -> proto
+        _, kind, vlen, _, _ = self._type(proto)
+        if kind != _FUNC_PROTO:
+            raise BtfError(f"btf_trace_{name} in {self.source} is not a function pointer")
+        base = self._type_pos[proto] + _TYPE_LEN
+        params = [self._u32x3(self._data, base + 8 * i)[1] for i in range(vlen)]
+        return tuple(self._c_type(p) for p in params[1:])
+
+    def _c_type(self, type_id: int) -> str:
+        """A type as C spells it, far enough to compare prototypes (no arrays or functions)."""
+        for _ in range(_MAX_CHAIN):
+            if type_id == 0:
+                return "void"
+            name_off, kind, _, _, target = self._type(type_id)
+            if kind == _PTR:
+                return self._c_type(target) + " *"
+            if kind == _CONST:
+                return "const " + self._c_type(target)
+            if kind in (_VOLATILE, _RESTRICT, _TYPE_TAG):
+                type_id = target
+                continue
+            prefix = {_STRUCT: "struct ", _UNION: "union ", _ENUM: "enum ", _ENUM64: "enum "}
+            return prefix.get(kind, "") + self._name(name_off)
+        raise BtfError(f"{self.source}: qualifier chain from type {type_id} is too long")
 
     def __len__(self) -> int:
         """Number of types, not counting void (id 0)."""

@@ -63,7 +63,6 @@ class CgroupResolver:
         root: Path | None,
         *,
         min_rescan_interval: float = 1.0,
-        new_id_rescan_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
@@ -71,7 +70,6 @@ class CgroupResolver:
         self._lock = threading.Lock()
         self._clock = clock
         self._min_interval = min_rescan_interval
-        self._new_id_interval = new_id_rescan_interval
         # Ids a full scan did not find (a cgroup gone before we looked): retried only slowly.
         self._missed: set[int] = set()
         self._last_scan = float("-inf")
@@ -80,16 +78,22 @@ class CgroupResolver:
     def cached(self, cgroup_id: int) -> str | None:
         return self._paths.get(cgroup_id)
 
+    def known(self) -> dict[int, str]:
+        """Every cgroup seen so far, id → path (removed ones included)."""
+        return dict(self._paths)
+
     def path(self, cgroup_id: int) -> str | None:
         """The path, rescanning on a miss. Blocks on the walk.
 
-        A new cgroup is usually found by one rescan, so a first miss rescans almost at once;
-        ids that a scan already failed to find rescan at most once per `min_rescan_interval`.
+        The first miss of an id always rescans (a scan that ran before the cgroup existed
+        proves nothing, and a new cgroup is found by one walk); ids that a scan already failed
+        to find (removed before we looked) rescan at most once per `min_rescan_interval`.
         """
         found = self._paths.get(cgroup_id)
         if found is not None:
             return found
-        interval = self._min_interval if cgroup_id in self._missed else self._new_id_interval
+        missed_before = cgroup_id in self._missed
+        interval = self._min_interval if missed_before else 0.0
         if self._clock() - self._last_scan >= interval:
             self.rescan()
             found = self._paths.get(cgroup_id)

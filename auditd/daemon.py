@@ -15,22 +15,32 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from auditd import capabilities, logs
 from auditd import config as config_mod
-from auditd import logs
+from auditd.alerting import Alerting
 from auditd.alerts import Alert, AlertSink, LogSink
+from auditd.allocations import AllocationMonitor
+from auditd.audit import AuditError, AuditSource
 from auditd.cgroups import UNKNOWN_SERVICE, CgroupResolver, find_cgroup2_mount, service_of
 from auditd.config import Config, ConfigError
 from auditd.denials import DenialMonitor
-from auditd.events import Event
+from auditd.events import Denial, Event
+from auditd.filters import KernelFilter
+from auditd.lsm import LsmCorrelator
 from auditd.monitor import KernelContext, Monitor
+from auditd.namespaces import NamespaceMonitor
 from auditd.paths import KernelPaths
+from auditd.sdnotify import Notifier
 from auditd.telemetry import Family, LabelCap, counter, gauge
-from exporters.prometheus import MetricsServer
+from exporters.prometheus import MetricsServer, webconfig
 from probes.runtime import DropKind, ProbeSet
+
+if TYPE_CHECKING:  # imported when MQTT is configured: aiomqtt stays out of the default run
+    from exporters.mqtt import MqttSink
 
 STOP_DEADLINE_S = 1.5
 
@@ -38,6 +48,8 @@ _DROP_STAGES = {
     DropKind.RINGBUF: "ringbuf",
     DropKind.COUNTER_FULL: "counter_map",
     DropKind.PENDING_FULL: "pending_map",
+    DropKind.SITE_FULL: "site_map",
+    DropKind.LIVE_FULL: "live_map",
 }
 
 
@@ -60,6 +72,10 @@ def build_monitors(config: Config, resolver: CgroupResolver, services: LabelCap)
     monitors: list[Monitor] = []
     if config.probes.denials.enabled:
         monitors.append(DenialMonitor(config.probes.denials, resolver, services))
+    if config.probes.namespaces.enabled:
+        monitors.append(NamespaceMonitor(config.probes.namespaces, resolver, services))
+    if config.probes.allocations.enabled:
+        monitors.append(AllocationMonitor(config.probes.allocations, resolver, services))
     return monitors
 
 
@@ -89,10 +105,19 @@ RELOADS = counter("config_reloads", "Configuration reloads (SIGHUP), by result."
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path | None, paths: KernelPaths) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        paths: KernelPaths,
+        notifier: Notifier | None = None,
+        policy_file: Path | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.paths = paths
+        # systemd's READY/WATCHDOG/STOPPING (does nothing without $NOTIFY_SOCKET).
+        self.notifier = notifier or Notifier()
         self.log = structlog.get_logger("bpf-auditd")
         self._stop = asyncio.Event()
         self._failure: BaseException | None = None
@@ -104,29 +129,59 @@ class Daemon:
         cgroup_root = paths.cgroup2 or find_cgroup2_mount(paths.proc)
         self.resolver = CgroupResolver(cgroup_root)
         self.services = LabelCap(config.metrics.max_services)
+        # Read now, so a bad web-config file stops start-up before any probe is loaded.
+        self.web = webconfig.from_config(config, config_path)
         self.monitors = build_monitors(config, self.resolver, self.services)
         self.probes: ProbeSet | None = None
-        # Alerts: `evaluate` turns each enriched event into alerts (the policy engine plugs in
-        # here); every alert goes to every sink, in order.
-        self.evaluate: Callable[[Event], Iterable[Alert]] = lambda event: ()
+        # Landlock/SELinux causes come from audit records, joined to refusals (auditd/lsm.py).
+        denial_config = config.probes.denials
+        self.lsm: LsmCorrelator | None = None
+        if denial_config.enabled and denial_config.audit:
+            self.lsm = LsmCorrelator(
+                wait=denial_config.lsm_wait,
+                window=denial_config.window,
+                cgroup_of_pid=self._cgroup_of_pid,
+                service_of_cgroup=self.resolver.service,
+            )
+        self._audit: AuditSource | None = None
+        # Alerts: `evaluate` turns each enriched event into alerts (the policy engine, unless
+        # `learn` replaces it); every alert goes to every sink, in order.
+        self.alerting = Alerting(config.policy, config_path, policy_file)
+        self.evaluate: Callable[[Event], Iterable[Alert]] = self.alerting.evaluate
+        self._kernel_filter: KernelFilter | None = None
+        self._filter_pushed = float("-inf")
         self.sinks: list[AlertSink] = [LogSink()]
+        # Alert sinks with metrics of their own (MQTT: spool depth, connection, drops).
+        self.sink_telemetry: list[MqttSink] = []
+        if config.mqtt.url is not None:
+            from exporters.mqtt import MqttSink
+
+            mqtt = MqttSink(config.mqtt, Path(config.state_dir))
+            self.sinks.append(mqtt)
+            self.sink_telemetry.append(mqtt)
 
     # -- telemetry (called from the HTTP server's thread at scrape time) ---------------------
 
     def declared(self) -> list[Family]:
-        own = [RECEIVED, DROPPED, PROBE_UP, LABEL_OVERFLOW, RELOADS]
-        return own + [f for monitor in self.monitors for f in monitor.declared()]
+        own = [RECEIVED, DROPPED, PROBE_UP, LABEL_OVERFLOW, RELOADS, *self.alerting.declared()]
+        return (
+            own
+            + [f for monitor in self.monitors for f in monitor.declared()]
+            + [f for sink in self.sink_telemetry for f in sink.declared()]
+        )
 
     def families(self) -> list[Family]:
         probes = self.probes
         families = [
-            LABEL_OVERFLOW.with_samples({("service",): self.services.overflowed}),
             RELOADS.with_samples({(r,): self._reloads[r] for r in ("success", "failure")}),
         ]
+        families += self.alerting.families()
+        for sink in self.sink_telemetry:
+            families += sink.families()
         if probes is None:
             return (
                 families
-                + [RECEIVED, DROPPED, PROBE_UP]
+                + [RECEIVED, DROPPED, PROBE_UP, self._label_overflow()]
                 + [f for monitor in self.monitors for f in monitor.declared()]
             )
         dropped: dict[tuple[str, ...], float] = {}
@@ -135,6 +190,12 @@ class Daemon:
         for name, stats in probes.stats.items():
             dropped[name, "queue"] = self._queue_dropped[name]
             dropped[name, "decode"] = stats.undecodable
+        if self._audit is not None:
+            audit = self._audit.stats()
+            dropped["audit", "queue"] = audit.events_dropped
+            dropped["audit", "socket"] = audit.socket_drops
+            dropped["audit", "kernel"] = audit.kernel_lost
+            dropped["audit", "malformed"] = audit.malformed
         families += [
             RECEIVED.with_samples({(name,): s.received for name, s in probes.stats.items()}),
             DROPPED.with_samples(dropped),
@@ -142,11 +203,64 @@ class Daemon:
         ]
         for monitor in self.monitors:
             families += monitor.families()
-        return families
+        if self.lsm is not None:
+            families += self.lsm.families(self.services)
+        # Read last: reading the monitors' families is what folds new label values into
+        # "other", so this scrape's overflow count includes this scrape's folds.
+        return [*families, self._label_overflow()]
+
+    # -- audit records (Landlock, SELinux) ----------------------------------------------------
+
+    async def _start_audit(self, stack: contextlib.AsyncExitStack) -> None:
+        """Read audit records if configured; without them (no CAP_AUDIT_*, audit compiled out)
+        Landlock and SELinux causes are off and that is said once — the daemon still runs."""
+        if self.lsm is None:
+            return
+        source = AuditSource(enable_audit=self.config.probes.denials.enable_audit)
+        try:
+            self._audit = await stack.enter_async_context(source)
+        except (AuditError, OSError) as exc:
+            self.log.warning("lsm_causes_off", reason=str(exc))
+            self._audit = None
+
+    async def _audit_events(self) -> None:
+        if self._audit is None or self.lsm is None:
+            return
+        async for event in self._audit:
+            for denial in self.lsm.on_audit(event):
+                self._process(denial)
+
+    async def _lsm_expiry(self) -> None:
+        while self.lsm is not None and self._audit is not None:
+            await asyncio.sleep(0.05)
+            for denial in self.lsm.expire():
+                self._process(denial)
+
+    def _cgroup_of_pid(self, pid: int) -> int | None:
+        """The cgroup v2 id of a live process (for audit records, which carry only the pid)."""
+        root = self.resolver.root
+        try:
+            line = next(
+                (ln for ln in (self.paths.proc / str(pid) / "cgroup").read_text().splitlines()
+                 if ln.startswith("0::")),
+                None,
+            )  # fmt: skip
+            if line is None or root is None:
+                return None
+            return os.stat(root / line[3:].lstrip("/")).st_ino
+        except OSError:
+            return None
+
+    def _label_overflow(self) -> Family:
+        return LABEL_OVERFLOW.with_samples({("service",): self.services.overflowed})
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Checked first: without them BCC fails later with "Need super-user privileges".
+        lacking = capabilities.missing(capabilities.required(self.config), self.paths)
+        if lacking:
+            raise DaemonError(capabilities.describe(lacking))
         self._loop = asyncio.get_running_loop()
         with self._signals():
             probes = build_probe_set(self.config, self.monitors, self.paths, self.log)
@@ -157,22 +271,25 @@ class Daemon:
                 for monitor in self.monitors:
                     monitor.bind(probes)
                 self.probes = probes
+                self._apply_filter()
                 # Leaving the stack runs in reverse: metrics server, then alert sinks (flush).
                 async with contextlib.AsyncExitStack() as stack:
                     for sink in self.sinks:
                         await stack.enter_async_context(sink)
+                    await self._start_audit(stack)
                     host, port = config_mod.parse_listen(self.config.metrics.listen)
                     server = await stack.enter_async_context(
-                        MetricsServer(host, port, self.families, self.declared())
+                        MetricsServer(host, port, self.families, self.declared(), self.web)
                     )
                     probes.start(self._deliver_threadsafe, self._reader_failed)
                     self.log.info(
                         "ready",
                         probes=[s.name for s in probes.specs],
-                        metrics=f"http://{server.address}/metrics",
+                        metrics=server.url,
                         start_s=round(time.monotonic() - started, 3),
                         pid=os.getpid(),
                     )
+                    self.notifier.ready(f"attached {', '.join(s.name for s in probes.specs)}")
                     await self._serve()
                     await self._shutdown(probes)
             finally:
@@ -186,7 +303,15 @@ class Daemon:
         async with asyncio.TaskGroup() as tg:
             consumer = tg.create_task(self._consume())
             housekeeping = tg.create_task(self._housekeeping())
+            # systemd's watchdog runs from READY=1 on; pinging from the loop proves it turns.
+            watchdog = tg.create_task(self.notifier.keep_alive())
+            alert_ticks = tg.create_task(self._alert_ticks())
+            lsm = [tg.create_task(self._audit_events()), tg.create_task(self._lsm_expiry())]
             await self._stop.wait()
+            for task in lsm:
+                task.cancel()
+            alert_ticks.cancel()
+            watchdog.cancel()
             housekeeping.cancel()
             consumer.cancel()
 
@@ -199,7 +324,12 @@ class Daemon:
         while not self._queue.empty() and time.monotonic() < deadline:
             self._handle(self._queue.get_nowait())
             drained += 1
+        if self.lsm is not None:
+            for denial in self.lsm.expire(everything=True):
+                self._process(denial)
         self.log.info("intake_stopped", drained=drained, left=self._queue.qsize())
+        for alert in self.alerting.flush():  # folded repeats still pending: send their counts
+            self.raise_alert(alert)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -229,14 +359,32 @@ class Daemon:
         self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _consume(self) -> None:
+        handled = 0
         while True:
             event = await self._queue.get()
             if self.resolver.cached(event.cgroup_id) is None:
                 await asyncio.to_thread(self.resolver.path, event.cgroup_id)
             self._handle(event)
+            handled += 1
+            # get() does not yield while events wait: under a flood the other tasks (systemd's
+            # watchdog among them: measured 10 s without a ping) would starve without this.
+            if handled % 256 == 0:
+                await asyncio.sleep(0)
 
     def _handle(self, event: Event) -> None:
+        if self.lsm is not None and self._audit is not None and isinstance(event, Denial):
+            held = self.lsm.hold(event)
+            if held is None:
+                return  # waits for an LSM record naming its cause; `_lsm_expiry` releases it
+            event = held
+        self._process(event)
+
+    def _process(self, event: Event) -> None:
         event = self._enrich(event)
+        if self.alerting.ignores(event):  # counted; likely a new cgroup of an ignored service
+            if time.monotonic() - self._filter_pushed >= 1.0:
+                self._apply_filter()
+            return
         self.log.info(event.kind, **event.log_fields())
         for alert in self.evaluate(event):
             self.raise_alert(alert)
@@ -244,6 +392,34 @@ class Daemon:
     def raise_alert(self, alert: Alert) -> None:
         for sink in self.sinks:
             sink.submit(alert)
+
+    async def _alert_ticks(self) -> None:
+        """Summaries of folded repeats go out when their cooldown ends, events or not."""
+        while True:
+            await asyncio.sleep(1.0)
+            for alert in self.alerting.tick():
+                self.raise_alert(alert)
+
+    def _apply_filter(self) -> None:
+        """Push the policy's ignore list to the probes when it (or the cgroups it names)
+        changed. Map updates only: cheap enough for the loop."""
+        self._filter_pushed = time.monotonic()
+        new = self.alerting.kernel_filter(self.resolver.known())
+        if new == self._kernel_filter or (self._kernel_filter is None and new.empty):
+            return  # probes start unfiltered
+        for monitor in self.monitors:
+            try:
+                monitor.apply_filter(new)
+            except Exception as exc:  # user space still drops and counts what slips through
+                self.log.error("kernel_filter_failed", monitor=monitor.name, error=str(exc))
+        self._kernel_filter = new
+        self.log.info(
+            "kernel_filter_applied",
+            cgroups=len(new.cgroup_ids),
+            syscalls=sorted(new.syscalls),
+            errnos=sorted(new.errnos),
+            sources=sorted(new.sources),
+        )
 
     def _enrich(self, event: Event) -> Event:
         """The event with its cgroup path and service (from the cache: never blocks)."""
@@ -255,8 +431,10 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.housekeeping_interval)
             await asyncio.to_thread(self.resolver.rescan)
+            self._apply_filter()
             for monitor in self.monitors:
-                await asyncio.to_thread(monitor.housekeeping)
+                for event in await asyncio.to_thread(monitor.housekeeping) or ():
+                    self._handle(event)
 
     # -- signals and reload ------------------------------------------------------------------
 
@@ -273,6 +451,7 @@ class Daemon:
                     self.log.warning("forced_exit")
                     os._exit(130)
                 self.log.info("stopping", signal=signame)
+                self.notifier.stopping()
                 self._stop.set()
 
             return handler
@@ -287,7 +466,14 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; a bad file keeps the running config and is counted."""
+        """SIGHUP: re-read the config, then the policy it names; each keeps the running one
+        when its file is broken."""
+        self._reload_config()
+        for alert in self.alerting.reload(self.config.policy, self.config_path):
+            self.raise_alert(alert)
+        self._apply_filter()
+
+    def _reload_config(self) -> None:
         if self.config_path is None:
             self.log.info("config_reload_skipped", reason="running on built-in defaults")
             return
@@ -300,7 +486,7 @@ class Daemon:
         self._reloads["success"] += 1
         changed = [
             name
-            for name in ("log", "metrics", "probes", "queue_size")
+            for name in ("log", "metrics", "probes", "queue_size", "mqtt", "state_dir")
             if getattr(new, name) != getattr(self.config, name)
         ]
         restart = [name for name in changed if name != "log"]

@@ -215,7 +215,8 @@ def degradations(report: Report) -> list[str]:
     if kallsyms.hidden:
         lines.append(
             "kernel call-site symbols off: kptr_restrict hides "
-            f"{kallsyms.path} addresses ({kallsyms.detail})"
+            f"{kallsyms.path} addresses ({kallsyms.detail}); they show with "
+            "kernel.kptr_restrict<=1 to a reader holding CAP_SYSLOG"
         )
     elif not kallsyms.readable:
         lines.append(f"kernel call-site symbols off: {kallsyms.detail}")

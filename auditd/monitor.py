@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
+from auditd.events import Event
+from auditd.filters import KernelFilter
 from auditd.offsets import OffsetPlan
 from auditd.paths import KernelPaths
 from auditd.telemetry import Family
@@ -33,6 +35,12 @@ class Monitor(abc.ABC):
     def bind(self, probes: ProbeSet) -> None:  # noqa: B027 - optional hook
         """After load: take the kernel tables this monitor reads."""
 
+    def apply_filter(self, f: KernelFilter) -> None:  # noqa: B027 - optional hook
+        """Push the policy's ignore list into this monitor's kernel filter maps, so ignored
+        events are still counted but never sent as records. Called after `bind` and whenever
+        the filter changes (policy reload, a new cgroup of an ignored service); on the event
+        loop, so keep it to map updates. Without it, user space drops and counts them."""
+
     @abc.abstractmethod
     def declared(self) -> list[Family]:
         """Every family `families()` yields, without samples (registration must not read maps)."""
@@ -41,6 +49,9 @@ class Monitor(abc.ABC):
     def families(self) -> list[Family]:
         """Current values. Called from the exporter's thread at scrape time; may block."""
 
-    def housekeeping(self) -> Any:
-        """Periodic blocking upkeep, run in an executor (e.g. retiring removed cgroups)."""
+    def housekeeping(self) -> Iterable[Event] | None:
+        """Periodic blocking upkeep, run in an executor (e.g. retiring removed cgroups).
+
+        Events it returns (summaries, periodic stats) go through the pipeline like records
+        from the kernel: enriched, logged, evaluated by the policy."""
         return None

@@ -31,6 +31,7 @@ FIELDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
         "OFF_NSPROXY_PID_NS_FOR_CHILDREN": ("nsproxy", "pid_ns_for_children"),
         "OFF_NSPROXY_NET_NS": ("nsproxy", "net_ns"),
         "OFF_NSPROXY_TIME_NS": ("nsproxy", "time_ns"),
+        "OFF_NSPROXY_TIME_NS_FOR_CHILDREN": ("nsproxy", "time_ns_for_children"),
         "OFF_NSPROXY_CGROUP_NS": ("nsproxy", "cgroup_ns"),
         # The active pid namespace (what /proc/PID/ns/pid shows) is thread_pid->numbers[level].ns.
         "OFF_PID_LEVEL": ("pid", "level"),
@@ -68,8 +69,26 @@ PT_REGS: Final[Mapping[str, str]] = MappingProxyType(
         "OFF_PT_REGS_R10": "r10",
         "OFF_PT_REGS_R8": "r8",
         "OFF_PT_REGS_R9": "r9",
+    # The syscall number, for hooks outside syscall tracepoints (capability checks, signals).
+    "OFF_PT_REGS_ORIG_AX": "orig_ax",
     }
 )
+# Optional fields, grouped by switch: each found one adds its OFF_* constant, the switch is
+# `-D<switch>=1` when every field of its group is found (else 0), and only the feature that
+# needs it degrades when a kernel lacks it.
+OPTIONAL: Final[Mapping[str, tuple[str, str, str]]] = MappingProxyType({
+    # Whether a task runs under a seccomp filter (mode 2): tells seccomp refusals apart.
+    "OFF_TASK_SECCOMP_MODE": ("task_struct", "seccomp.mode", "AUDITD_HAVE_SECCOMP_MODE"),
+    # The inode behind a file descriptor (task->files->fdt->fd[n]->f_inode): setns targets.
+    "OFF_TASK_FILES": ("task_struct", "files", "AUDITD_HAVE_FILE_READS"),
+    "OFF_FILES_FDT": ("files_struct", "fdt", "AUDITD_HAVE_FILE_READS"),
+    "OFF_FDTABLE_MAX_FDS": ("fdtable", "max_fds", "AUDITD_HAVE_FILE_READS"),
+    "OFF_FDTABLE_FD": ("fdtable", "fd", "AUDITD_HAVE_FILE_READS"),
+    "OFF_FILE_INODE": ("file", "f_inode", "AUDITD_HAVE_FILE_READS"),
+    "OFF_INODE_INO": ("inode", "i_ino", "AUDITD_HAVE_FILE_READS"),
+    "OFF_INODE_SB": ("inode", "i_sb", "AUDITD_HAVE_FILE_READS"),
+    "OFF_SB_MAGIC": ("super_block", "s_magic", "AUDITD_HAVE_FILE_READS"),
+})
 # Macro name -> struct whose size is needed (array strides).
 SIZES: Final[Mapping[str, str]] = MappingProxyType({"SIZEOF_UPID": "upid"})
 
@@ -136,10 +155,19 @@ def _from_btf(btf: Btf) -> OffsetPlan:
     except BtfError:  # another architecture's pt_regs: probes save arguments at entry instead
         regs = {}
     offsets.update(regs)
+    found: dict[str, bool] = {}
+    for macro, (struct_name, member_path, switch) in OPTIONAL.items():
+        try:
+            offsets[macro] = btf.offsetof(struct_name, member_path)
+            found.setdefault(switch, True)
+        except BtfError:
+            found[switch] = False
+    switches = [f"-D{switch}={int(ok)}" for switch, ok in found.items()]
     cflags = (
         *(f"-D{macro}={value}" for macro, value in offsets.items()),
         "-DAUDITD_STRUCT_READS=1",
         f"-DAUDITD_HAVE_TASK_PT_REGS={1 if regs else 0}",
+        *switches,
     )
     return OffsetPlan(source="btf", offsets=MappingProxyType(offsets), cflags=cflags)
 

@@ -22,12 +22,23 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 class DaemonProcess:
     """`bpf-auditd run` in a subprocess; every stdout line parsed as JSON and kept."""
 
-    def __init__(self, config: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        wrapper: tuple[str, ...] = (),
+        command: str = "run",
+    ) -> None:
+        # `env` is added to this process's environment; `wrapper` goes before the interpreter
+        # (e.g. setpriv with a capability set); `command` may be another that runs the probes
+        # (`learn`).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "auditd", "run", "--config", str(config), *extra],
+            [*wrapper, sys.executable, "-m", "auditd", command, "--config", str(config), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines: list[dict[str, Any]] = []
         self._new: queue.Queue[dict[str, Any]] = queue.Queue()

@@ -87,3 +87,44 @@ def denied_opens(path: Path, n: int, cgroup: Path) -> tuple[int, int]:
     if proc.returncode != 0:
         raise RuntimeError(f"workload failed with {proc.returncode}")
     return proc.pid, int(out.strip())
+
+
+def run_as_nobody(code: str, cgroup: Path, *args: str, check: bool = True) -> tuple[int, str]:
+    """Run Python `code` as uid/gid 65534 (no capabilities) inside `cgroup`; returns (pid,
+    stdout). `code` sees its extra arguments as sys.argv[1:]."""
+    prologue = (
+        "import os, sys\n"
+        f"open({str(cgroup / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", prologue + code, *args], stdout=subprocess.PIPE, text=True
+    )
+    out, _ = proc.communicate(timeout=120)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"workload failed with {proc.returncode}: {out}")
+    return proc.pid, out
+
+
+# A classic-BPF seccomp filter: `action` for syscall `nr`, allow everything else. Runs in the
+# child after PR_SET_NO_NEW_PRIVS, so no privilege is needed to install it.
+SECCOMP = r"""
+import ctypes, struct
+def seccomp(nr, action):
+    libc = ctypes.CDLL(None, use_errno=True)
+    prog = [
+        (0x20, 0, 0, 0),          # ld [0]: syscall number
+        (0x15, 0, 1, nr),         # jeq nr
+        (0x06, 0, 0, action),     # ret action
+        (0x06, 0, 0, 0x7FFF0000), # ret ALLOW
+    ]
+    raw = b"".join(struct.pack("HBBI", *i) for i in prog)
+    buf = ctypes.create_string_buffer(raw)
+    fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(buf))
+    fbuf = ctypes.create_string_buffer(fprog)
+    ul = ctypes.c_ulong  # variadic: ctypes would pass plain ints as 32-bit
+    assert libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, ul(2), ctypes.c_void_p(ctypes.addressof(fbuf)), ul(0), ul(0)) == 0
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+"""

@@ -52,7 +52,7 @@ REQUIREMENTS = {
     "needs_root": _missing_root,
     "needs_btf": _missing_btf,
     "needs_bpf": _missing_bpf,
-    "needs_broker": lambda: _missing_binary("mosquitto"),
+    "needs_broker": lambda: _missing_binary("mosquitto", "mosquitto_passwd", "openssl"),
     "needs_prometheus": lambda: _missing_binary("prometheus", "promtool"),
 }
 

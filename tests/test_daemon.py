@@ -17,7 +17,7 @@ from auditd.cgroups import service_of
 pytestmark = pytest.mark.needs_bpf
 
 N = 137
-OUR_PROGRAMS = ("tracepoint__syscalls__sys_exit_openat", "tracepoint__syscalls__sys_enter_openat")
+OUR_PROGRAMS = ("denial_exit_hook", "denial_enter_hook")
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -66,10 +66,13 @@ def test_denied_opens_reach_metrics_and_log(daemon: DaemonProcess) -> None:
 
         deadline = time.monotonic() + 10
         ours: list[dict[str, object]] = []
-        while time.monotonic() < deadline and len(ours) < N:
+        while time.monotonic() < deadline and not ours:
             ours = [e for e in daemon.lines if e.get("event") == "denial" and e.get("pid") == pid]
             time.sleep(0.1)
-        assert len(ours) == N
+        # One record: the other N-1 are repeats inside the dedup window, counted exactly above.
+        time.sleep(0.3)
+        ours = [e for e in daemon.lines if e.get("event") == "denial" and e.get("pid") == pid]
+        assert len(ours) == 1
         line = ours[0]
         assert line["target"] == str(secret)
         assert (line["syscall"], line["errno"], line["source"]) == ("openat", "EACCES", "syscall")
@@ -94,7 +97,11 @@ def test_stop_is_graceful_fast_and_detaches_everything(tmp_path: Path, sig: sign
         d.stop()
     assert code == 0
     assert took < 2.0, f"stop took {took:.2f}s"
-    assert [e["event"] for e in d.lines][-3:] == ["stopping", "intake_stopped", "stopped"]
+    events = [e["event"] for e in d.lines]
+    # In order (other lines, e.g. the audit source's, may come between them).
+    order = [events.index(name) for name in ("stopping", "intake_stopped", "stopped")]
+    assert order == sorted(order)
+    assert events[-1] == "stopped"
     assert not ours & set(bpf_programs()), "programs still loaded after exit"
     assert not our_maps & set(bpf_maps()), "maps still loaded after exit"
 

@@ -15,7 +15,7 @@ import pytest
 
 from auditd import offsets
 from auditd.btf import Btf
-from auditd.offsets import FIELDS, PT_REGS, SIZES, resolve
+from auditd.offsets import FIELDS, OPTIONAL, PT_REGS, SIZES, resolve
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 INCLUDE = Path(__file__).resolve().parent.parent / "probes" / "include"
@@ -106,7 +106,7 @@ def test_btf_wins_over_headers(headers_match: bool) -> None:
     plan = resolve(VMLINUX, headers_match=headers_match)
     btf = Btf.load(VMLINUX)
     assert (plan.source, plan.reason) == ("btf", "")
-    assert set(plan.offsets) == set(FIELDS) | set(SIZES) | set(PT_REGS)
+    assert set(plan.offsets) == set(FIELDS) | set(SIZES) | set(PT_REGS) | set(OPTIONAL)
     assert plan.offsets["OFF_PT_REGS_SI"] == btf.offsetof("pt_regs", "si")
     assert "-DAUDITD_HAVE_TASK_PT_REGS=1" in plan.cflags
     assert plan.offsets["OFF_TASK_NSPROXY"] == btf.offsetof("task_struct", "nsproxy")

@@ -22,7 +22,9 @@ enum auditd_drop_kind {
     AUDITD_DROP_RINGBUF = 0,      /* ring buffer full: record not sent */
     AUDITD_DROP_COUNTER_FULL = 1, /* counter map full: event counted only in the overflow slot */
     AUDITD_DROP_PENDING_FULL = 2, /* per-thread entry map full: syscall argument not kept */
-    AUDITD_DROP_KINDS = 4,
+    AUDITD_DROP_SITE_FULL = 3,    /* call-site map full: a sample not attributed to its site */
+    AUDITD_DROP_LIVE_FULL = 4,    /* live-object map full: an allocation not tracked as live */
+    AUDITD_DROP_KINDS = 8,
 };
 
 #define AUDITD_EACCES 13
@@ -53,6 +55,18 @@ static __always_inline u64 auditd_syscall_arg(int index)
     bpf_probe_read_kernel(&value, sizeof(value), regs + offset);
     return value;
 }
+
+/* The number of the syscall the current task is in (-1 outside one), for hooks that are not
+ * syscall tracepoints: capability checks, signal generation. */
+static __always_inline long auditd_current_syscall(void)
+{
+    long nr = -1;
+    void *regs = (void *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+    bpf_probe_read_kernel(&nr, sizeof(nr), regs + OFF_PT_REGS_ORIG_AX);
+    return nr;
+}
+#else
+static __always_inline long auditd_current_syscall(void) { return -1; }
 #endif
 
 #endif /* AUDITD_COMMON_H */

@@ -48,6 +48,8 @@ enum auditd_ns_type {
 #include <linux/ipc_namespace.h>
 #include <linux/time_namespace.h>
 #include <linux/cgroup.h>
+#include <linux/fs.h>
+#include <linux/fdtable.h>
 #include <net/net_namespace.h>
 
 #define OFF_TASK_TGID offsetof(struct task_struct, tgid)
@@ -64,6 +66,7 @@ enum auditd_ns_type {
 #define OFF_NSPROXY_PID_NS_FOR_CHILDREN offsetof(struct nsproxy, pid_ns_for_children)
 #define OFF_NSPROXY_NET_NS offsetof(struct nsproxy, net_ns)
 #define OFF_NSPROXY_TIME_NS offsetof(struct nsproxy, time_ns)
+#define OFF_NSPROXY_TIME_NS_FOR_CHILDREN offsetof(struct nsproxy, time_ns_for_children)
 #define OFF_NSPROXY_CGROUP_NS offsetof(struct nsproxy, cgroup_ns)
 #define OFF_PID_LEVEL offsetof(struct pid, level)
 #define OFF_PID_NUMBERS offsetof(struct pid, numbers)
@@ -76,6 +79,16 @@ enum auditd_ns_type {
 #define OFF_TIME_NS_INUM offsetof(struct time_namespace, ns.inum)
 #define OFF_CGROUP_NS_INUM offsetof(struct cgroup_namespace, ns.inum)
 #define OFF_USER_NS_INUM offsetof(struct user_namespace, ns.inum)
+/* The file behind a descriptor (auditd/offsets.py OPTIONAL, switch AUDITD_HAVE_FILE_READS). */
+#define OFF_TASK_FILES offsetof(struct task_struct, files)
+#define OFF_FILES_FDT offsetof(struct files_struct, fdt)
+#define OFF_FDTABLE_MAX_FDS offsetof(struct fdtable, max_fds)
+#define OFF_FDTABLE_FD offsetof(struct fdtable, fd)
+#define OFF_FILE_INODE offsetof(struct file, f_inode)
+#define OFF_INODE_INO offsetof(struct inode, i_ino)
+#define OFF_INODE_SB offsetof(struct inode, i_sb)
+#define OFF_SB_MAGIC offsetof(struct super_block, s_magic)
+#define AUDITD_HAVE_FILE_READS 1
 /* struct mnt_namespace lives in fs/mount.h, which no headers package ships: OFF_MNT_NS_INUM
  * stays undefined (mount namespace reads 0) unless the build passes it explicitly. */
 #endif
