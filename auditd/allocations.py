@@ -296,7 +296,10 @@ class AllocationMonitor(Monitor):
             return []
         w = self.window()
         if self.config.track_outstanding:
-            self._outstanding = self._outstanding_by(w.live, self._services)
+            # Services that allocated in the window show 0 rather than no series when none
+            # of their sampled objects is still live.
+            active = {self._services(self._resolver.service(c)): 0 for c in w.deltas}
+            self._outstanding = active | self._outstanding_by(w.live, self._services)
         return self.stats(w)
 
     def _outstanding_by(self, live: list[Live], name: Callable[[str], str]) -> dict[str, int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import functools
 import importlib
 import os
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from auditd.paths import KernelPaths
+from probes.perf import PerfEventAttr as _PerfEventAttr
+from probes.perf import syscall as _syscall
 
 if TYPE_CHECKING:
     from auditd.btf import Btf
@@ -148,40 +149,6 @@ class _MapCreateAttr(ctypes.Structure):
 
 class _RawTracepointAttr(ctypes.Structure):
     _fields_ = (("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32))
-
-
-class _PerfEventAttr(ctypes.Structure):
-    # PERF_ATTR_SIZE_VER1 (72 bytes): enough for tracepoints and the kprobe PMU's config1/config2.
-    _fields_ = (
-        ("type", ctypes.c_uint32),
-        ("size", ctypes.c_uint32),
-        ("config", ctypes.c_uint64),
-        ("sample_period", ctypes.c_uint64),
-        ("sample_type", ctypes.c_uint64),
-        ("read_format", ctypes.c_uint64),
-        ("flags", ctypes.c_uint64),
-        ("wakeup_events", ctypes.c_uint32),
-        ("bp_type", ctypes.c_uint32),
-        ("config1", ctypes.c_uint64),
-        ("config2", ctypes.c_uint64),
-    )
-
-
-@functools.cache
-def _libc_syscall() -> Callable[..., int]:
-    call = ctypes.CDLL(None, use_errno=True).syscall
-    call.restype = ctypes.c_long
-    return call
-
-
-def _syscall(number: int, *args: object) -> int:
-    """syscall(2) with every integer widened to long, as the variadic ABI needs; OSError on -1."""
-    wide = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    result = _libc_syscall()(ctypes.c_long(number), *wide)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:

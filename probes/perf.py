@@ -16,6 +16,7 @@ import functools
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,7 +29,10 @@ _PERF_SAMPLE_RAW = 1 << 10
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
 
 
-class _PerfEventAttr(ctypes.Structure):
+class PerfEventAttr(ctypes.Structure):
+    """struct perf_event_attr up to PERF_ATTR_SIZE_VER1 (72 bytes): enough for tracepoints and
+    the kprobe PMU's config1/config2."""
+
     _fields_ = (
         ("type", ctypes.c_uint32),
         ("size", ctypes.c_uint32),
@@ -56,15 +60,17 @@ class _LinkCreateAttr(ctypes.Structure):
 
 
 @functools.cache
-def _libc_syscall() -> Callable[..., int]:
+def _libcsyscall() -> Callable[..., int]:
     call = ctypes.CDLL(None, use_errno=True).syscall
     call.restype = ctypes.c_long
     return call
 
 
-def _syscall(number: int, *args: object) -> int:
+def syscall(number: int, *args: object) -> int:
+    """syscall(2) with every integer widened to long, as the variadic ABI needs; OSError on
+    failure."""
     wide = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    result = _libc_syscall()(ctypes.c_long(number), *wide)
+    result = _libcsyscall()(ctypes.c_long(number), *wide)
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -78,19 +84,19 @@ def tracepoint_id(tracefs: Path, category: str, event: str) -> int:
 def attach(tracefs: Path, category: str, event: str, prog_fd: int) -> tuple[int, int]:
     """Open the tracepoint's perf event and link the program to it; returns (perf fd, link
     fd). Raises OSError."""
-    attr = _PerfEventAttr(
+    attr = PerfEventAttr(
         type=_PERF_TYPE_TRACEPOINT,
-        size=ctypes.sizeof(_PerfEventAttr),
+        size=ctypes.sizeof(PerfEventAttr),
         config=tracepoint_id(tracefs, category, event),
         sample_period=1,
         sample_type=_PERF_SAMPLE_RAW,
         wakeup_events=1,
     )
     # pid -1, cpu 0: a tracepoint event fires for every task on every CPU (as BCC does).
-    perf_fd = _syscall(_SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+    perf_fd = syscall(_SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
     try:
         link = _LinkCreateAttr(prog_fd=prog_fd, target_fd=perf_fd, attach_type=_BPF_PERF_EVENT)
-        link_fd = _syscall(_SYS_BPF, _BPF_LINK_CREATE, ctypes.byref(link), ctypes.sizeof(link))
+        link_fd = syscall(_SYS_BPF, _BPF_LINK_CREATE, ctypes.byref(link), ctypes.sizeof(link))
     except OSError:
         os.close(perf_fd)
         raise
@@ -107,7 +113,7 @@ def release(perf_fds: Sequence[int]) -> None:
     if not perf_fds:
         return
     with contextlib.suppress(OSError):  # closing them here instead is slower, not wrong
-        subprocess.Popen(
+        closer = subprocess.Popen(
             [sys.executable, "-c", _CLOSER, *map(str, perf_fds)],
             pass_fds=tuple(perf_fds),
             stdin=subprocess.DEVNULL,
@@ -115,6 +121,8 @@ def release(perf_fds: Sequence[int]) -> None:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        # Reaped in the background; a daemon thread does not hold up the daemon's exit.
+        threading.Thread(target=closer.wait, name="perf-closer", daemon=True).start()
     for fd in perf_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
