@@ -50,6 +50,8 @@ def test_a_million_denials_are_counted_exactly_with_few_records(tmp_path: Path) 
         f"metrics:\n  listen: '127.0.0.1:0'\nprobes:\n  denials:\n    window: {WINDOW}\n"
     )
     d = DaemonProcess(config)
+    records: list[dict[str, object]] = []
+    duration = bound = 0.0
     try:
         d.ready()
         with scratch_cgroup() as cgroup, secret_file() as secret:
@@ -103,4 +105,8 @@ def test_a_million_denials_are_counted_exactly_with_few_records(tmp_path: Path) 
             assert sum(1 + r["repeats"] for r in records) <= TOTAL
     finally:
         d.stop()
+    print(
+        f"flood: {TOTAL} denials in {duration:.1f}s, {len(records)} records (bound {bound}),"
+        f" daemon peak RSS {peak_rss // 1024} MiB"
+    )
     assert peak_rss < 200 * 1024, f"daemon RSS peaked at {peak_rss // 1024} MiB"
