@@ -1,9 +1,5 @@
-"""Denial monitor: exact refusal totals per service, from the kernel's counters.
-
-The kernel map is the count; nothing is kept twice while a cgroup lives. When a cgroup is
-removed, its entries are folded into `retired` (by series) and deleted from the map: the bounded
-kernel map does not fill with dead cgroups, and every total stays exact.
-"""
+"""Denial monitor: exact refusal totals per service from the kernel's counters (kept exact
+across cgroup removal by auditd/counters.py), repeats accounted, policy filters pushed down."""
 
 from __future__ import annotations
 
@@ -13,15 +9,16 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from auditd.cgroups import CgroupResolver
 from auditd.config import DenialProbeConfig
+from auditd.counters import CounterSource, KernelTotals
 from auditd.events import Denial, Event, Source, errno_name
 from auditd.features import active_lsms
 from auditd.filters import KernelFilter
@@ -46,14 +43,6 @@ class CounterKeyLike(Protocol):
 K = TypeVar("K", bound=CounterKeyLike)
 
 
-class CounterSource(Protocol[K]):
-    """The kernel's exact counter map, as the probe side exposes it."""
-
-    def read(self) -> Mapping[K, int]: ...
-    def delete(self, keys: Iterable[K]) -> None: ...
-    def unattributed(self) -> int: ...
-
-
 @dataclass(frozen=True, slots=True, order=True)
 class DenialSeries:
     service: str
@@ -62,50 +51,18 @@ class DenialSeries:
     errno: str
 
 
-class DenialTotals(Generic[K]):
+class DenialTotals(KernelTotals[K, DenialSeries]):
+    """Exact refusal totals per (service, source, syscall, errno)."""
+
     def __init__(
         self, source: CounterSource[K], resolver: CgroupResolver, services: LabelCap
     ) -> None:
-        self._source = source
-        self._resolver = resolver
-        self._services = services
-        self._retired: Counter[DenialSeries] = Counter()
-        self._lock = threading.Lock()
+        def series(key: K, count: int) -> list[tuple[DenialSeries, int]]:
+            service = services(resolver.service(key.cgroup_id))
+            name = DenialSeries(service, key.source.value, key.syscall, errno_name(key.errno))
+            return [(name, count)]
 
-    def _series(self, key: K) -> DenialSeries:
-        return DenialSeries(
-            service=self._services(self._resolver.service(key.cgroup_id)),
-            source=key.source.value,
-            syscall=key.syscall,
-            errno=errno_name(key.errno),
-        )
-
-    def snapshot(self) -> dict[DenialSeries, int]:
-        """Current totals per series. Blocks on a kernel map read (call off the event loop)."""
-        with self._lock:
-            totals: Counter[DenialSeries] = Counter(self._retired)
-            for key, count in self._source.read().items():
-                totals[self._series(key)] += count
-            return dict(totals)
-
-    def unattributed(self) -> int:
-        return self._source.unattributed()
-
-    def retire_removed(self) -> int:
-        """Fold counters of removed cgroups into `retired`; returns how many keys were retired.
-        Blocks (map read, stat calls)."""
-        with self._lock:
-            # Only cgroups once seen can be known dead; unknown ids wait for a later pass.
-            gone = {
-                k: n
-                for k, n in self._source.read().items()
-                if self._resolver.cached(k.cgroup_id) is not None
-                and not self._resolver.alive(k.cgroup_id)
-            }
-            for key, count in gone.items():
-                self._retired[self._series(key)] += count
-            self._source.delete(gone)
-            return len(gone)
+        super().__init__(source, resolver, series)
 
 
 class RepeatAccountant:

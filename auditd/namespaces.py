@@ -10,8 +10,7 @@ import ctypes
 import os
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +20,7 @@ import structlog
 
 from auditd.cgroups import ROOT_SERVICE, UNKNOWN_SERVICE, CgroupResolver, service_of
 from auditd.config import NamespaceProbeConfig
+from auditd.counters import CounterSource, KernelTotals
 from auditd.events import errno_name
 from auditd.monitor import KernelContext, Monitor
 from auditd.telemetry import Family, LabelCap, counter
@@ -442,14 +442,6 @@ class CounterKeyLike(Protocol):
     def escaped(self) -> int: ...
 
 
-class CounterSource(Protocol):
-    """The kernel's exact counter map, as the probe side exposes it."""
-
-    def read(self) -> Mapping[Any, int]: ...
-    def delete(self, keys: Iterable[Any]) -> None: ...
-    def unattributed(self) -> int: ...
-
-
 @dataclass(frozen=True, slots=True, order=True)
 class ChangeSeries:
     service: str
@@ -468,57 +460,40 @@ UNKNOWN_TYPE = "unknown"  # a refused setns on a descriptor whose type nothing n
 
 
 class NamespaceTotals:
-    """Per-service totals from ns_counts. A call that changes several types counts once for
-    each; entries of removed cgroups are folded into `retired` and deleted from the map."""
+    """Per-service totals from ns_counts (auditd/counters.py keeps them exact across cgroup
+    removal). A call that changes several types counts once for each."""
 
-    def __init__(self, source: CounterSource, resolver: CgroupResolver, services: LabelCap) -> None:
-        self._source = source
-        self._resolver = resolver
-        self._services = services
-        self._retired_changes: Counter[ChangeSeries] = Counter()
-        self._retired_escapes: Counter[EscapeSeries] = Counter()
-        self._lock = threading.Lock()
-
-    def _add(
-        self,
-        key: CounterKeyLike,
-        n: int,
-        changes: Counter[ChangeSeries],
-        escapes: Counter[EscapeSeries],
+    def __init__(
+        self, source: CounterSource[Any], resolver: CgroupResolver, services: LabelCap
     ) -> None:
-        service = self._services(self._resolver.service(key.cgroup_id))
-        op = OPS[key.op].value if key.op < len(OPS) else f"op_{key.op}"
-        result = "success" if key.errno == 0 else errno_name(key.errno)
-        for name in [t.value for t in types_of(key.types)] or [UNKNOWN_TYPE]:
-            changes[ChangeSeries(service, op, name, result)] += n
-        for t in types_of(key.escaped):
-            escapes[EscapeSeries(service, t.value)] += n
+        def series(key: CounterKeyLike, n: int) -> list[tuple[ChangeSeries | EscapeSeries, int]]:
+            service = services(resolver.service(key.cgroup_id))
+            op = OPS[key.op].value if key.op < len(OPS) else f"op_{key.op}"
+            result = "success" if key.errno == 0 else errno_name(key.errno)
+            names: list[ChangeSeries | EscapeSeries] = [
+                ChangeSeries(service, op, name, result)
+                for name in [t.value for t in types_of(key.types)] or [UNKNOWN_TYPE]
+            ]
+            names += [EscapeSeries(service, t.value) for t in types_of(key.escaped)]
+            return [(name, n) for name in names]
+
+        self._totals: KernelTotals[Any, ChangeSeries | EscapeSeries] = KernelTotals(
+            source, resolver, series
+        )
 
     def snapshot(self) -> tuple[dict[ChangeSeries, int], dict[EscapeSeries, int]]:
         """Current totals. Blocks on a kernel map read (call off the event loop)."""
-        with self._lock:
-            changes = Counter(self._retired_changes)
-            escapes = Counter(self._retired_escapes)
-            for key, n in self._source.read().items():
-                self._add(key, n, changes, escapes)
-            return dict(changes), dict(escapes)
+        totals = self._totals.snapshot()
+        changes = {k: n for k, n in totals.items() if isinstance(k, ChangeSeries)}
+        escapes = {k: n for k, n in totals.items() if isinstance(k, EscapeSeries)}
+        return changes, escapes
 
     def unattributed(self) -> int:
-        return self._source.unattributed()
+        return self._totals.unattributed()
 
     def retire_removed(self) -> int:
-        """Fold counters of removed cgroups into `retired`; returns how many keys were retired."""
-        with self._lock:
-            gone = {
-                k: n
-                for k, n in self._source.read().items()
-                if self._resolver.cached(k.cgroup_id) is not None
-                and not self._resolver.alive(k.cgroup_id)
-            }
-            for key, n in gone.items():
-                self._add(key, n, self._retired_changes, self._retired_escapes)
-            self._source.delete(gone)
-            return len(gone)
+        """Fold counters of removed cgroups into retired totals; returns the keys retired."""
+        return self._totals.retire_removed()
 
 
 # -- the monitor -------------------------------------------------------------------------------
