@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from auditd.events import CAPABILITIES, ERR_KILLED, Denial, Source
 from probes import syscalls
+from probes.counters import CounterMap
 
 SOURCE = "denials.bpf.c"
 TARGET_LEN = 256
@@ -275,30 +275,18 @@ class CapKey:
     init_user_ns: bool
 
 
-class DenialCounters:
+class DenialCounters(CounterMap):
     """The exact counters in the kernel (denial_counts, denial_cap_counts, denial_overflow)."""
 
     def __init__(self, counts: Any, cap_counts: Any, overflow: Any) -> None:
-        self._counts = counts
+        super().__init__(counts, overflow)
         self._cap_counts = cap_counts
-        self._overflow = overflow
 
     def read(self) -> dict[CounterKey, int]:
-        return {
-            CounterKey(k.cgroup_id, k.syscall, k.err, k.source): sum(per_cpu)
-            for k, per_cpu in self._counts.items()
-        }
+        return self._read(lambda k: CounterKey(k.cgroup_id, k.syscall, k.err, k.source))
 
     def read_caps(self) -> dict[CapKey, int]:
         return {
             CapKey(k.cgroup_id, capability_name(k.cap), bool(k.init_ns)): sum(per_cpu)
             for k, per_cpu in self._cap_counts.items()
         }
-
-    def delete(self, keys: Iterable[CounterKey]) -> None:
-        for key in keys:
-            with contextlib.suppress(KeyError):  # already gone: nothing to retire
-                del self._counts[key.raw()]
-
-    def unattributed(self) -> int:
-        return sum(self._overflow[ctypes.c_uint32(0)])

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from probes.counters import CounterMap
+
 SOURCE = "namespaces.bpf.c"
 NS_COUNT = 8  # enum auditd_ns_type in include/task.h
 
@@ -104,27 +106,15 @@ class CounterKey:
         return NamespaceKey(self.cgroup_id, self.op, self.types, self.errno, self.escaped)
 
 
-class NamespaceCounters:
+class NamespaceCounters(CounterMap):
     """The exact counters in the kernel (ns_counts, ns_overflow) and clone3 read faults."""
 
     def __init__(self, counts: Any, overflow: Any, faults: Any) -> None:
-        self._counts = counts
-        self._overflow = overflow
+        super().__init__(counts, overflow)
         self._faults = faults
 
     def read(self) -> dict[CounterKey, int]:
-        return {
-            CounterKey(k.cgroup_id, k.op, k.types, k.err, k.escaped): sum(per_cpu)
-            for k, per_cpu in self._counts.items()
-        }
-
-    def delete(self, keys: Iterable[CounterKey]) -> None:
-        for key in keys:
-            with contextlib.suppress(KeyError):  # already gone: nothing to retire
-                del self._counts[key.raw()]
-
-    def unattributed(self) -> int:
-        return sum(self._overflow[ctypes.c_uint32(0)])
+        return self._read(lambda k: CounterKey(k.cgroup_id, k.op, k.types, k.err, k.escaped))
 
     def faults(self) -> dict[int, int]:
         return {i: sum(self._faults[ctypes.c_uint32(i)]) for i in (FAULT_ENTRY, FAULT_EXIT)}

@@ -123,6 +123,21 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def wait_for_value(
+    d: DaemonProcess, name: str, want: float, timeout: float = 20.0, **labels: str
+) -> float | None:
+    """Scrape until metric `name` with `labels` equals `want` (or the time is up); the last
+    value seen."""
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = value(d.scrape(), name, **labels)
+        if got == want:
+            break
+        time.sleep(0.2)
+    return got
+
+
 def bpf_objects_of(pid: int) -> tuple[set[int], set[int]]:
     """The BPF program ids and map ids a process holds open (from /proc/<pid>/fdinfo)."""
     progs: set[int] = set()

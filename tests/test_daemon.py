@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _daemon import DaemonProcess, bpf_maps, bpf_objects_of, bpf_programs, value
+from _daemon import DaemonProcess, bpf_maps, bpf_objects_of, bpf_programs, value, wait_for_value
 from _workload import denied_opens, scratch_cgroup, secret_file
 
 from auditd.cgroups import service_of
@@ -37,20 +37,9 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
 
 
 def _wait_for_count(d: DaemonProcess, service: str, want: int) -> float | None:
-    deadline = time.monotonic() + 20
-    got = None
-    while time.monotonic() < deadline:
-        got = value(
-            d.scrape(),
-            "bpf_auditd_denials_total",
-            service=service,
-            syscall="openat",
-            errno="EACCES",
-        )
-        if got == want:
-            break
-        time.sleep(0.2)
-    return got
+    return wait_for_value(
+        d, "bpf_auditd_denials_total", want, service=service, syscall="openat", errno="EACCES"
+    )
 
 
 def test_denied_opens_reach_metrics_and_log(daemon: DaemonProcess) -> None:

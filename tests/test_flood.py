@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _daemon import DaemonProcess, value
+from _daemon import DaemonProcess, wait_for_value
 from _workload import scratch_cgroup, secret_file
 
 from auditd.cgroups import service_of
@@ -80,19 +80,10 @@ def test_a_million_denials_are_counted_exactly_with_few_records(tmp_path: Path) 
             duration = time.monotonic() - started
             assert refused == TOTAL
 
-            deadline = time.monotonic() + 30
-            got = None
-            while time.monotonic() < deadline:
-                got = value(
-                    d.scrape(),
-                    "bpf_auditd_denials_total",
-                    service=service,
-                    syscall="openat",
-                    errno="EACCES",
-                )
-                if got == TOTAL:
-                    break
-                time.sleep(0.5)
+            got = wait_for_value(
+                d, "bpf_auditd_denials_total", TOTAL, timeout=30,
+                service=service, syscall="openat", errno="EACCES",
+            )  # fmt: skip
             assert got == TOTAL
             peak_rss = max(peak_rss, _rss_kib(d.proc.pid))
 
