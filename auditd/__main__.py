@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from auditd.cli import main as _main
+from auditd.commands.cli import main as _main
 
 
 def main() -> None:

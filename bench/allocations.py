@@ -38,15 +38,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import structlog  # noqa: E402
+import structlog
 
-from auditd.allocations import AllocationMonitor  # noqa: E402
-from auditd.cgroups import CgroupResolver, find_cgroup2_mount  # noqa: E402
-from auditd.config import AllocationProbeConfig  # noqa: E402
-from auditd.daemon import kernel_context  # noqa: E402
-from auditd.paths import KernelPaths  # noqa: E402
-from auditd.telemetry import LabelCap  # noqa: E402
-from probes.runtime import ProbeSet  # noqa: E402
+from auditd.config.schema import AllocationProbeConfig
+from auditd.kernel.cgroups import CgroupResolver, cgroup2_path
+from auditd.kernel.context import kernel_context
+from auditd.kernel.paths import KernelPaths
+from auditd.model.labels import LabelCap
+from auditd.signals.allocations.monitor import AllocationMonitor
+from probes.runtime import ProbeSet
 
 FLOOR = "".join(
     f"RAW_TRACEPOINT_PROBE({tp}) {{ return 0; }}\n"
@@ -107,7 +107,7 @@ def bcc_text(text: str) -> Iterator[None]:
 @contextlib.contextmanager
 def auditd_probes(config: AllocationProbeConfig) -> Iterator[None]:
     paths = KernelPaths()
-    resolver = CgroupResolver(find_cgroup2_mount(paths.proc))
+    resolver = CgroupResolver(cgroup2_path(paths))
     monitor = AllocationMonitor(config, resolver, LabelCap(1 << 20))
     kernel = kernel_context(paths, structlog.get_logger())
     probes = ProbeSet(monitor.probe_specs(kernel), ["-DRINGBUF_PAGES=64", *kernel.plan.cflags])

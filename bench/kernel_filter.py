@@ -22,10 +22,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's daemon and cgroup helpers
 
-from _daemon import DaemonProcess, value  # noqa: E402
-from _workload import scratch_cgroup, secret_file  # noqa: E402
+from _daemon import DaemonProcess, value
+from _workload import scratch_cgroup, secret_file
 
-from auditd.cgroups import service_of  # noqa: E402
+from auditd.kernel.cgroups import service_of
 
 
 def flood(binary: Path, cgroup: Path, secret: Path, n: int) -> float:

@@ -27,14 +27,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import structlog  # noqa: E402
+import structlog
 
-from auditd.cgroups import CgroupResolver  # noqa: E402
-from auditd.config import Config  # noqa: E402
-from auditd.daemon import build_probe_set  # noqa: E402
-from auditd.namespaces import NamespaceMonitor  # noqa: E402
-from auditd.paths import KernelPaths  # noqa: E402
-from auditd.telemetry import LabelCap  # noqa: E402
+from auditd.config.schema import Config
+from auditd.daemon.wiring import build_probe_set
+from auditd.kernel.cgroups import CgroupResolver
+from auditd.kernel.paths import KernelPaths
+from auditd.model.labels import LabelCap
+from auditd.signals.namespaces.monitor import NamespaceMonitor
 
 WORKLOADS = {"fork": 3000, "thread": 20000, "unshare": 20000}
 

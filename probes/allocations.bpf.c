@@ -114,9 +114,6 @@ BPF_PERCPU_HASH(alloc_sites, struct alloc_site_key, struct alloc_site_value, ALL
  * disjoint ranges). */
 BPF_HASH(alloc_live, u64, struct alloc_live_value, ALLOC_LIVE_ENTRIES);
 BPF_PERCPU_ARRAY(alloc_drops, u64, AUDITD_DROP_KINDS);
-/* The runtime polls one ring buffer per probe; this probe sends no records (all its data is
- * aggregated in maps), so the smallest one will do. */
-BPF_RINGBUF_OUTPUT(alloc_events, 1);
 
 static __always_inline void alloc_drop(u32 kind)
 {

@@ -1,5 +1,5 @@
-"""Loader side of allocations.bpf.c: how it attaches on this kernel, its map layouts, and reading,
-draining and retiring its tables."""
+"""Loader side of allocations.bpf.c: its map layouts, the raw tracepoint prototypes it expects,
+and reading, draining and retiring its tables."""
 
 from __future__ import annotations
 
@@ -8,20 +8,14 @@ import ctypes
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from auditd.btf import Btf, BtfError
-from auditd.events import Event
-
 SOURCE = "allocations.bpf.c"
-RINGBUF = "alloc_events"
 DROPS = "alloc_drops"
 TYPE_LEN = 32
 SLOT_PROBES = 4
 # Numbering of `enum alloc_kind` in the C.
 KINDS = ("kmalloc", "slab", "page")
-KIND_PAGE = 2
 
 
 class SlotTotals(ctypes.Structure):
@@ -69,11 +63,6 @@ class LiveValue(ctypes.Structure):
     )
 
 
-def decode(data: bytes) -> Event:
-    """The probe's ring buffer carries no records; anything read there is counted as undecodable."""
-    raise ValueError(f"{SOURCE} sends no records ({len(data)} bytes read)")
-
-
 # -- how to attach -------------------------------------------------------------------------
 
 # Raw tracepoint -> the leading argument types the program reads (ctx->args[i]); checked
@@ -93,40 +82,6 @@ CACHE_FIELDS = {
     "OFF_KMEM_CACHE_OBJECT_SIZE": "object_size",
     "OFF_KMEM_CACHE_NAME": "name",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class AttachPlan:
-    """Raw tracepoints (cheap; need BTF to prove their arguments) or classic ones (any kernel)."""
-
-    raw: bool
-    cflags: tuple[str, ...]
-    reason: str = ""  # why classic tracepoints, when raw ones were wanted
-
-    @property
-    def mode(self) -> str:
-        return "raw" if self.raw else "classic"
-
-
-def attach_plan(btf_path: Path, *, want_raw: bool = True) -> AttachPlan:
-    classic = ("-DALLOC_RAW=0",)
-    if not want_raw:
-        return AttachPlan(False, classic)
-    try:
-        btf = Btf.load(btf_path)
-        offsets = {macro: btf.offsetof("kmem_cache", f) for macro, f in CACHE_FIELDS.items()}
-        for tracepoint, wanted in RAW_PROTOTYPES.items():
-            got = btf.tracepoint_args(tracepoint)
-            if got is None or got[: len(wanted)] != wanted:
-                return AttachPlan(
-                    False,
-                    classic,
-                    f"raw tracepoint {tracepoint} takes {got}, expected {wanted} first: "
-                    "classic tracepoints (slower)",
-                )
-    except BtfError as exc:
-        return AttachPlan(False, classic, f"{exc}: classic tracepoints (slower)")
-    return AttachPlan(True, ("-DALLOC_RAW=1", *(f"-D{m}={v}" for m, v in offsets.items())))
 
 
 def shift_of(power_of_two: int) -> int:

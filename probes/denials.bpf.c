@@ -50,7 +50,7 @@ typedef struct __user_cap_data_struct *cap_user_data_t;
  * (so sys_enter is free to serve as the entry mark). */
 #define DENIAL_SECCOMP_ERRNO (AUDITD_HAVE_SECCOMP_MODE && AUDITD_HAVE_TASK_PT_REGS)
 
-/* Who said no (mirrors auditd.events.Source via probes/denials.py). */
+/* Who said no (mirrors auditd.model.event.Source via auditd/signals/denials/decode.py). */
 #define DENIAL_SOURCE_SYSCALL 0
 #define DENIAL_SOURCE_CAPABILITY 1
 #define DENIAL_SOURCE_SELINUX 3

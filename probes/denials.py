@@ -1,17 +1,16 @@
-"""Decoder for denials.bpf.c: its record, its counter maps, and the syscalls it hooks."""
+"""Loader side of denials.bpf.c: its record and map layouts, the syscalls it hooks, and reading its
+counter and dedup maps (raw numbers; auditd/signals/denials gives them meaning)."""
 
 from __future__ import annotations
 
 import ctypes
-import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auditd.events import CAPABILITIES, ERR_KILLED, Denial, Source
 from probes import syscalls
 from probes.counters import CounterMap
+from probes.perf import has_tracepoint
 
 SOURCE = "denials.bpf.c"
 TARGET_LEN = 256
@@ -25,8 +24,7 @@ NO_CAP = 0xFFFFFFFF
 CAUSE_SELINUX = 0xFFFFFFFE
 
 # Numbering of `source` in the kernel records (DENIAL_SOURCE_* in the C).
-_SOURCES = {0: Source.SYSCALL, 1: Source.CAPABILITY, 3: Source.SELINUX, 4: Source.SECCOMP}
-SOURCE_NUMBERS = {v: k for k, v in _SOURCES.items()}
+SOURCE_SYSCALL, SOURCE_CAPABILITY, SOURCE_SELINUX, SOURCE_SECCOMP = 0, 1, 3, 4
 
 # The security-relevant syscalls hooked at sys_exit, by tracepoint name: what their target is
 # and which argument holds it (the next argument is kept too, for pids and integers).
@@ -63,8 +61,9 @@ def available_hooks(tracefs: Path | None) -> dict[str, int]:
     found = {}
     for name in HOOKS:
         nr = syscalls.NUMBERS.get(_TRACEPOINT_TO_SYSCALL.get(name, name))
-        events = tracefs / "events" / "syscalls" if tracefs is not None else None
-        if nr is None or (events is not None and not (events / f"sys_exit_{name}").is_dir()):
+        if nr is None or (
+            tracefs is not None and not has_tracepoint(tracefs, "syscalls", f"sys_exit_{name}")
+        ):
             continue
         found[name] = nr
     return found
@@ -131,60 +130,6 @@ class DenialRecent(ctypes.Structure):
     )
 
 
-def text(raw: bytes) -> str:
-    """Kernel bytes (comm, paths) as text that round-trips and cannot break a log line."""
-    return raw.decode("utf-8", errors="backslashreplace")
-
-
-def capability_name(cap: int) -> str:
-    return CAPABILITIES[cap] if 0 <= cap < len(CAPABILITIES) else f"CAP_{cap}"
-
-
-def _sockaddr(r: DenialRecord) -> str:
-    if r.family == 2:
-        return f"{ipaddress.IPv4Address(bytes(r.addr[:4]))}:{r.port}"
-    if r.family == 10:
-        return f"[{ipaddress.IPv6Address(bytes(r.addr))}]:{r.port}"
-    if r.family == 1:
-        return f"unix:{text(r.target)}"
-    return f"family={r.family}"
-
-
-def _target(r: DenialRecord, syscall: str) -> str:
-    if r.flags & FLAG_TARGET_UNREADABLE:
-        return ""
-    kind = r.target_kind
-    if kind == TARGET_PATH:
-        return text(r.target)
-    if kind == TARGET_SOCKADDR:
-        return _sockaddr(r)
-    if kind == TARGET_PID:
-        if syscall in ("kill", "tkill"):
-            return f"pid={r.target_int} sig={r.target_int2}"
-        if syscall == "tgkill":
-            return f"pid={r.target_int} tid={r.target_int2}"
-        return f"pid={r.target_int}"
-    if kind == TARGET_INT:
-        if r.source == SOURCE_NUMBERS[Source.SECCOMP] and r.err == ERR_KILLED:
-            return f"seccomp_data={r.target_int}"
-        if syscall in ("unshare", "clone"):
-            return f"flags={r.target_int:#x}"
-        if syscall == "setns":
-            return f"fd={r.target_int} nstype={r.target_int2:#x}"
-        return f"arg={r.target_int}"
-    return ""
-
-
-def _cause(r: DenialRecord, source: Source) -> str:
-    if r.cause_cap == CAUSE_SELINUX:
-        return "selinux"
-    if r.cause_cap != NO_CAP:
-        return f"capability:{capability_name(r.cause_cap)}"
-    if source is Source.SECCOMP:
-        return "seccomp"
-    return "dac_or_other"
-
-
 @dataclass(frozen=True, slots=True)
 class DedupKey:
     """A (process, syscall, errno, source, target) combination: a `denial_recent` entry."""
@@ -194,49 +139,6 @@ class DedupKey:
     syscall: int
     err: int
     source: int
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    denial: Denial  # `repeats` still 0: the accountant fills it
-    key: DedupKey
-    seen: int  # refusals of this combination so far, this one included
-
-
-def decoder(mono_to_wall_ns: int) -> Callable[[bytes], Decoded]:
-    """A decoder for records whose monotonic timestamps are shifted by `mono_to_wall_ns`."""
-
-    def decode(data: bytes) -> Decoded:
-        r = DenialRecord.from_buffer_copy(data)
-        source = _SOURCES.get(r.source, Source.SYSCALL)
-        syscall = syscalls.name(r.syscall) if r.syscall != NO_CAP else "none"
-        detail: tuple[tuple[str, str], ...] = ()
-        if r.cause_cap not in (NO_CAP, CAUSE_SELINUX):
-            detail = (
-                ("capability", capability_name(r.cause_cap)),
-                ("init_user_ns", "true" if r.flags & FLAG_CAP_INIT_NS else "false"),
-            )
-        denial = Denial(
-            time_ns=r.ktime_ns + mono_to_wall_ns,
-            pid=r.pid,
-            tid=r.tid,
-            ppid=r.ppid,
-            uid=r.uid,
-            gid=r.gid,
-            comm=text(r.comm),
-            cgroup_id=r.cgroup_id,
-            source=source,
-            syscall=syscall,
-            errno=r.err,
-            target=_target(r, syscall),
-            target_truncated=bool(r.flags & FLAG_TARGET_TRUNCATED),
-            cause=_cause(r, source),
-            detail=detail,
-        )
-        key = DedupKey(r.target_hash, r.pid, r.syscall, r.err, r.source)
-        return Decoded(denial, key, r.seen)
-
-    return decode
 
 
 def read_recent(table: Any) -> dict[DedupKey, tuple[int, int]]:
@@ -249,20 +151,12 @@ def read_recent(table: Any) -> dict[DedupKey, tuple[int, int]]:
 
 @dataclass(frozen=True, slots=True)
 class CounterKey:
-    """One entry of denial_counts, with its raw numbers kept so it can be deleted."""
+    """One entry of denial_counts, as raw numbers (so it can be deleted)."""
 
     cgroup_id: int
     syscall_nr: int
     errno: int
     source_nr: int
-
-    @property
-    def syscall(self) -> str:
-        return syscalls.name(self.syscall_nr) if self.syscall_nr != NO_CAP else "none"
-
-    @property
-    def source(self) -> Source:
-        return _SOURCES.get(self.source_nr, Source.SYSCALL)
 
     def raw(self) -> DenialKey:
         return DenialKey(self.cgroup_id, self.syscall_nr, self.errno, self.source_nr, 0)
@@ -271,7 +165,7 @@ class CounterKey:
 @dataclass(frozen=True, slots=True)
 class CapKey:
     cgroup_id: int
-    capability: str
+    cap: int
     init_user_ns: bool
 
 
@@ -287,6 +181,6 @@ class DenialCounters(CounterMap):
 
     def read_caps(self) -> dict[CapKey, int]:
         return {
-            CapKey(k.cgroup_id, capability_name(k.cap), bool(k.init_ns)): sum(per_cpu)
+            CapKey(k.cgroup_id, k.cap, bool(k.init_ns)): sum(per_cpu)
             for k, per_cpu in self._cap_counts.items()
         }

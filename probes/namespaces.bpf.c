@@ -37,7 +37,7 @@
 #define AUDITD_HAVE_FILE_READS 0
 #endif
 
-/* Mirrored by auditd.namespaces.NamespaceOp through probes/namespaces.py. */
+/* Mirrored by auditd.signals.namespaces.event.NamespaceOp (tests/test_namespaces.py reads these numbers). */
 #define NS_OP_SETNS 0
 #define NS_OP_UNSHARE 1
 #define NS_OP_CLONE 2
@@ -58,7 +58,6 @@
 #define NS_FLAG_FLAGS_UNREADABLE 1 /* clone3: struct clone_args unreadable at entry and exit */
 #define NS_FLAG_CHILD 2            /* child_pid and after[] describe the new task */
 #define NS_FLAG_HOST_UNKNOWN 4     /* PID 1's namespaces unknown: escapes not checked */
-#define NS_FLAG_FLAGS_RETRIED 8    /* clone3 flags unreadable at entry, read at exit */
 
 /* Where clone3's struct clone_args could not be read (ns_faults index). */
 #define NS_FAULT_ENTRY 0
@@ -334,7 +333,7 @@ static __always_inline int ns_exit(u32 op, long ret)
         u64 flags = 0;
         if (p.uargs && bpf_probe_read_user(&flags, sizeof(flags), (void *)p.uargs) == 0) {
             p.flags = flags;
-            rflags = (rflags & ~NS_FLAG_FLAGS_UNREADABLE) | NS_FLAG_FLAGS_RETRIED;
+            rflags &= ~NS_FLAG_FLAGS_UNREADABLE; /* counted: ns_faults (entry) */
         } else {
             ns_fault(NS_FAULT_EXIT);
         }

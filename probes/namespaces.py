@@ -1,4 +1,4 @@
-"""Decoder for namespaces.bpf.c: its record, its counter map, PID 1's namespaces, its hooks."""
+"""Loader side of namespaces.bpf.c: its record, its counter map, PID 1's namespaces, its hooks."""
 
 from __future__ import annotations
 
@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from probes.counters import CounterMap
+from probes.perf import tracepoint_dir
 
 SOURCE = "namespaces.bpf.c"
 NS_COUNT = 8  # enum auditd_ns_type in include/task.h
 
-# NS_OP_* in the C, by number.
-OPS = ("setns", "unshare", "clone", "clone3")
-
 FLAG_FLAGS_UNREADABLE = 1
 FLAG_CHILD = 2
 FLAG_HOST_UNKNOWN = 4
-FLAG_FLAGS_RETRIED = 8
 
 FAULT_ENTRY = 0
 FAULT_EXIT = 1
@@ -162,7 +159,7 @@ def check_tracepoint(tracefs: Path, tracepoint: str) -> str | None:
     """Why `struct ns_sys_enter_args` / `ns_sys_exit_args` do not describe this tracepoint's
     record (None when they do): the syscall number at 8, then 8-byte arguments or `ret` at 16."""
     category, _, event = tracepoint.partition(":")
-    path = tracefs / "events" / category / event / "format"
+    path = tracepoint_dir(tracefs, category, event) / "format"
     try:
         fields = _fields(path.read_text())
     except OSError as exc:

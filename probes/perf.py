@@ -77,8 +77,18 @@ def syscall(number: int, *args: object) -> int:
     return int(result)
 
 
+def tracepoint_dir(tracefs: Path, category: str, event: str) -> Path:
+    """Where tracefs describes one tracepoint (its `id`, its `format`)."""
+    return tracefs / "events" / category / event
+
+
+def has_tracepoint(tracefs: Path, category: str, event: str) -> bool:
+    return tracepoint_dir(tracefs, category, event).is_dir()
+
+
 def tracepoint_id(tracefs: Path, category: str, event: str) -> int:
-    return int((tracefs / "events" / category / event / "id").read_text())
+    """The tracepoint's id; OSError when it is not there, ValueError when unreadable."""
+    return int((tracepoint_dir(tracefs, category, event) / "id").read_text())
 
 
 def attach(tracefs: Path, category: str, event: str, prog_fd: int) -> tuple[int, int]:

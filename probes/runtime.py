@@ -20,12 +20,10 @@ from typing import Any
 
 import structlog
 
-from auditd.events import Event
 from probes import perf
 
 PROBES_DIR = Path(__file__).resolve().parent
 INCLUDE_DIR = PROBES_DIR / "include"
-TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 log = structlog.get_logger("bpf-auditd.probes")
 
@@ -57,11 +55,15 @@ class DropKind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
+    """One probe: its C source and what the runtime reads of it. A probe that only counts in
+    maps (allocations) has no ring buffer and no decoder."""
+
     name: str
     source: str  # file under probes/
-    ringbuf: str  # BPF_RINGBUF_OUTPUT map name
     drops: str  # per-CPU array indexed by DropKind
-    decode: Callable[[bytes], Event]
+    ringbuf: str | None = None  # BPF_RINGBUF_OUTPUT map name
+    # Ring-buffer bytes → the value handed over (ValueError: undecodable, counted).
+    decode: Callable[[bytes], object] | None = None
     cflags: tuple[str, ...] = ()
     # (function, "category:event") attached by name after load, for tracepoints another probe
     # also hooks: BCC auto-attaches one TRACEPOINT_PROBE per tracepoint and object.
@@ -78,7 +80,7 @@ class ProbeStats:
     undecodable: int = 0
 
 
-Deliver = Callable[[list[Event]], None]
+Deliver = Callable[[list[object]], None]
 
 
 def program_text(specs: Sequence[ProbeSpec]) -> str:
@@ -107,6 +109,7 @@ class ProbeSet:
         specs: Sequence[ProbeSpec],
         cflags: Sequence[str],
         *,
+        tracefs: Path | None = None,
         batch_max: int = 4096,
         poll_timeout_ms: int = 100,
     ) -> None:
@@ -116,6 +119,7 @@ class ProbeSet:
         self.text = program_text(self.specs)
         self.cflags = compile_flags(self.specs, cflags)
         self.stats = {spec.name: ProbeStats() for spec in self.specs}
+        self.tracefs = tracefs  # for tracepoints attached by name (`attach_tracepoint`)
         self._batch_max = batch_max
         self._poll_timeout_ms = poll_timeout_ms
         self._bpf: Any = None
@@ -124,7 +128,7 @@ class ProbeSet:
         self._tables: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._batch: list[Event] = []
+        self._batch: list[object] = []
         self._deliver: Deliver | None = None
         self._on_failure: Callable[[BaseException], None] | None = None
 
@@ -150,12 +154,16 @@ class ProbeSet:
                     self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
             except Exception as exc:  # BCC raises bare Exception when an attach fails
                 raise ProbeError(f"attaching {spec.name}: {exc}") from exc
-            self.table(spec.ringbuf).open_ring_buffer(self._callback(spec))
+            if spec.ringbuf is not None:
+                self.table(spec.ringbuf).open_ring_buffer(self._callback(spec))
             self.table(spec.drops)
 
     def start(self, deliver: Deliver, on_failure: Callable[[BaseException], None]) -> None:
-        """Start the reader thread; `deliver` is called with batches from that thread."""
+        """Start the reader thread; `deliver` is called with batches from that thread. Without
+        any ring buffer there is nothing to read, and no thread."""
         self._deliver = deliver
+        if not self._has_ringbuf():
+            return
         self._on_failure = on_failure
         self._thread = threading.Thread(target=self._poll_loop, name="bpf-reader", daemon=True)
         self._thread.start()
@@ -166,7 +174,7 @@ class ProbeSet:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._bpf is not None:
+        if self._bpf is not None and self._deliver is not None and self._has_ringbuf():
             # One last non-blocking pass so records already in the ring are delivered.
             self._bpf.ring_buffer_consume()
             self._flush()
@@ -180,7 +188,7 @@ class ProbeSet:
         from bcc import BPF
 
         category, _, event = tracepoint.partition(":")
-        tracefs = next((p for p in TRACEFS if (p / "events").is_dir()), None)
+        tracefs = self.tracefs
         try:
             if tracefs is None:
                 raise OSError("tracefs is not mounted")
@@ -237,9 +245,14 @@ class ProbeSet:
 
     # -- reader thread ---------------------------------------------------------------------
 
+    def _has_ringbuf(self) -> bool:
+        return any(spec.ringbuf is not None for spec in self.specs)
+
     def _callback(self, spec: ProbeSpec) -> Callable[[Any, Any, int], int]:
         stats = self.stats[spec.name]
         decode = spec.decode
+        if decode is None:
+            raise ProbeError(f"probe {spec.name} has a ring buffer but no decoder")
 
         def on_record(_ctx: Any, data: Any, size: int) -> int:
             try:

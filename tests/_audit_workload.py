@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from auditd.audit import read_status
-from auditd.features import landlock
+from auditd.audit.netlink import read_status
+from auditd.kernel.facts import landlock
 
 # Runs as the child: restrict itself with a Landlock ruleset that handles one right and grants
 # nothing, then try it (argv[3] times) in the same process (no exec: Landlock logs denials of

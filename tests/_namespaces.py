@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from auditd.namespaces import LINKS, NamespaceType
+from auditd.signals.namespaces.event import LINKS, NamespaceType
 
 # Helpers run with the system interpreter: uid 65534 may not reach the venv's.
 PYTHON = "/usr/bin/python3"
@@ -126,13 +126,19 @@ def refused_setns(target: str, nstype: int, cgroup: Path | None = None) -> tuple
 
 
 class Collected:
-    """Events handed over by the reader thread, with a wait for the ones a test needs."""
+    """Events handed over by the reader thread, with a wait for the ones a test needs.
 
-    def __init__(self) -> None:
+    `stage` stands for the daemon's enrichment of each event (e.g. a namespace identity's
+    `attribute`, which resolves setns owners), applied here on the reader thread."""
+
+    def __init__(self, stage: Callable[[Any], Any] | None = None) -> None:
         self.events: list[Any] = []
         self._cond = threading.Condition()
+        self._stage = stage
 
     def deliver(self, batch: list[Any]) -> None:
+        if self._stage is not None:
+            batch = [self._stage(event) for event in batch]
         with self._cond:
             self.events.extend(batch)
             self._cond.notify_all()

@@ -105,9 +105,9 @@ class SinkProcess:
 async def _main(config_path: Path) -> None:
     import structlog
 
-    from auditd import config as config_mod
-    from auditd import logs
-    from auditd.alerts import Alert, Severity
+    from auditd.config import schema as config_mod
+    from auditd.daemon import logs
+    from auditd.model.alert import Alert, Severity
     from exporters.mqtt import MqttSink
 
     config = config_mod.load(config_path)

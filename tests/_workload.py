@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from auditd.cgroups import find_cgroup2_mount
+from auditd.kernel.cgroups import cgroup2_path
+from auditd.kernel.paths import KernelPaths
 
 NOBODY = 65534
 
@@ -36,7 +37,7 @@ print(refused, flush=True)
 
 
 def cgroup2_root() -> Path:
-    root = find_cgroup2_mount(Path("/proc"))
+    root = cgroup2_path(KernelPaths())
     if root is None:
         raise RuntimeError("no cgroup v2 mount")
     return root

@@ -9,9 +9,9 @@ from typing import ClassVar
 
 from structlog.testing import capture_logs
 
-from auditd.alerting import Alerting
-from auditd.config import PolicyConfig
-from auditd.telemetry import Family
+from auditd.config.schema import PolicyConfig
+from auditd.policy.alerting import Alerting
+from exporters.families import Family
 
 RULE = "rules:\n  - name: {name}\n    match: {{kind: denial}}\n"
 

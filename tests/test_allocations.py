@@ -8,15 +8,23 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 
-from auditd import allocmap, cli, config
-from auditd.allocations import AllocationMonitor, AllocationStats, Window
-from auditd.cgroups import CgroupResolver
-from auditd.config import AllocationProbeConfig, ConfigError
-from auditd.symbols import KernelSymbols
-from auditd.telemetry import LabelCap
+from auditd.commands import allocmap, cli
+from auditd.config import schema as config
+from auditd.config.schema import AllocationProbeConfig
+from auditd.config.yamlfile import ConfigError
+from auditd.kernel.cgroups import CgroupResolver
+from auditd.kernel.context import kernel_context
+from auditd.kernel.paths import KernelPaths
+from auditd.kernel.symbols import KernelSymbols
+from auditd.model.labels import LabelCap
+from auditd.signals.allocations.event import AllocationStats
+from auditd.signals.allocations.monitor import AllocationMonitor, Window
+from auditd.signals.allocations.plan import attach_plan
 from probes import allocations as probe
 from probes.allocations import KindUsage, Live, Site, Usage
+from probes.runtime import PROBES_DIR
 
 
 class FakeTables:
@@ -302,19 +310,32 @@ def test_config_errors_name_the_key(text: str, key: str, says: str) -> None:
 
 
 def test_attach_plan_without_btf_uses_classic_tracepoints(tmp_path: Path) -> None:
-    plan = probe.attach_plan(tmp_path / "no-btf")
+    plan = attach_plan(tmp_path / "no-btf")
     assert not plan.raw
     assert plan.cflags == ("-DALLOC_RAW=0",)
     assert "classic tracepoints" in plan.reason
-    assert probe.attach_plan(tmp_path / "no-btf", want_raw=False).reason == ""
+    assert attach_plan(tmp_path / "no-btf", want_raw=False).reason == ""
 
 
-def test_the_ring_buffer_carries_no_records() -> None:
-    with pytest.raises(ValueError, match="sends no records"):
-        probe.decode(b"\0" * 8)
+def test_the_allocation_probe_has_no_ring_buffer(tmp_path: Path) -> None:
+    # All its data is aggregated in maps: no dummy ring buffer, no decoder that only raises.
+    kernel = kernel_context(KernelPaths(btf=tmp_path / "no-btf"), structlog.get_logger())
+    monitor = AllocationMonitor(AllocationProbeConfig(), CgroupResolver(None), LabelCap(4))
+    (spec,) = monitor.probe_specs(kernel)
+    assert (spec.ringbuf, spec.decode) == (None, None)
+    assert "BPF_RINGBUF_OUTPUT" not in (PROBES_DIR / spec.source).read_text()
 
 
-@pytest.mark.parametrize("args", [["--top", "0"], ["--duration", "soon"]])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5", 5.0), ("2.5", 2.5), ("10s", 10.0), ("1m", 60.0)]
+)
+def test_allocmap_duration_takes_seconds_as_a_number(text: str, seconds: float) -> None:
+    # The error message promises "or seconds as a number": a bare number is seconds.
+    args = cli.parser().parse_args(["allocmap", "--duration", text])
+    assert args.duration == seconds
+
+
+@pytest.mark.parametrize("args", [["--top", "0"], ["--duration", "soon"], ["--duration", "0"]])
 def test_allocmap_rejects_bad_arguments(
     args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

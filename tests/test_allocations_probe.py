@@ -16,12 +16,13 @@ import structlog
 from _alloc_workload import PipeWorkload
 from _workload import cgroup2_root, scratch_cgroup
 
-from auditd.allocations import AllocationMonitor
-from auditd.cgroups import CgroupResolver
-from auditd.config import AllocationProbeConfig
-from auditd.daemon import kernel_context
-from auditd.paths import KernelPaths
-from auditd.telemetry import LabelCap
+from auditd.config.schema import AllocationProbeConfig
+from auditd.kernel.cgroups import CgroupResolver
+from auditd.kernel.context import kernel_context
+from auditd.kernel.paths import KernelPaths
+from auditd.model.labels import LabelCap
+from auditd.signals.allocations.monitor import AllocationMonitor
+from auditd.signals.allocations.plan import attach_plan
 from probes import allocations as probe
 from probes.runtime import DropKind, ProbeSet
 
@@ -86,7 +87,7 @@ def test_map_layouts_match_the_c_structs() -> None:
 
 
 def test_btf_proves_the_raw_tracepoints_on_this_kernel() -> None:
-    plan = probe.attach_plan(Path("/sys/kernel/btf/vmlinux"))
+    plan = attach_plan(Path("/sys/kernel/btf/vmlinux"))
     assert plan.raw, plan.reason
     assert "-DALLOC_RAW=1" in plan.cflags
 

@@ -15,17 +15,10 @@ from pathlib import Path
 import _audit_workload as work
 import pytest
 
-from auditd.audit import (
-    AuditMode,
-    AuditSource,
-    AuditStats,
-    AuditStatus,
-    EnableLease,
-    netlink_drops,
-    read_status,
-)
-from auditd.audit_records import (
-    Assembler,
+from auditd.audit.assembler import Assembler
+from auditd.audit.lease import EnableLease
+from auditd.audit.netlink import AuditStatus, netlink_drops, read_status
+from auditd.audit.records import (
     AuditEvent,
     AuditRecord,
     Avc,
@@ -33,11 +26,12 @@ from auditd.audit_records import (
     LandlockDomain,
     Seccomp,
     Syscall,
-    decode_text,
     parse_fields,
     parse_record,
     split_header,
 )
+from auditd.audit.source import AuditMode, AuditSource, AuditStats
+from auditd.model.text import kernel_text as decode_text
 
 # Recorded on this machine (Linux 6.18, Landlock ABI 7), as the netlink payloads arrived.
 LANDLOCK_FS = (

@@ -15,9 +15,10 @@ import pytest
 from _daemon import DaemonProcess
 from _workload import denied_opens, scratch_cgroup, secret_file
 
-from auditd import capabilities
-from auditd.config import Config
-from auditd.paths import KernelPaths
+from auditd.config.schema import Config
+from auditd.kernel import privileges as capabilities
+from auditd.kernel.paths import KernelPaths
+from auditd.model.capabilities import NUMBERS
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "bpf-auditd.service"
@@ -68,7 +69,7 @@ def _config(tmp_path: Path) -> Path:
 def _capabilities_of(pid: int) -> set[str]:
     status = Path(f"/proc/{pid}/status").read_text()
     mask = int(next(line for line in status.splitlines() if line.startswith("CapEff:"))[7:], 16)
-    return {name for name, bit in capabilities.NUMBERS.items() if mask >> bit & 1}
+    return {name for name, bit in NUMBERS.items() if mask >> bit & 1}
 
 
 # --- the unit file and the table agree ----------------------------------------------------------
@@ -89,7 +90,7 @@ def test_unit_grants_exactly_the_required_set() -> None:
 
 
 def _proc(tmp_path: Path, caps: Iterable[str], last_cap: int | None = 40) -> KernelPaths:
-    mask = sum(1 << capabilities.NUMBERS[cap] for cap in caps)
+    mask = sum(1 << NUMBERS[cap] for cap in caps)
     (tmp_path / "self").mkdir(parents=True)
     (tmp_path / "self" / "status").write_text(
         f"Name:\tbpf-auditd\nCapInh:\t{0:016x}\nCapEff:\t{mask:016x}\nCapBnd:\t{mask:016x}\n"

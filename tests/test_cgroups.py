@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from auditd.cgroups import CgroupResolver, find_cgroup2_mount, service_of
+from auditd.kernel.cgroups import CgroupResolver, cgroup2_path, service_of
+from auditd.kernel.paths import KernelPaths
 
 
 @pytest.mark.parametrize(
@@ -41,10 +42,15 @@ def test_find_cgroup2_mount_in_hybrid_and_unified_layouts(tmp_path: Path) -> Non
         "40 30 0:35 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
         "41 30 0:36 / /sys/fs/cgroup/uni\\040fied rw - cgroup2 cgroup2 rw\n"
     )
-    assert find_cgroup2_mount(proc) == Path("/sys/fs/cgroup/uni fied")
+    assert cgroup2_path(KernelPaths(proc=proc)) == Path("/sys/fs/cgroup/uni fied")
+    # Every octal escape of mountinfo, not only the space (the daemon and `doctor` share this).
+    mountinfo.write_text("41 30 0:36 / /cg\\011tab\\134back rw - cgroup2 cgroup2 rw\n")
+    assert cgroup2_path(KernelPaths(proc=proc)) == Path("/cg\ttab\\back")
     mountinfo.write_text("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")
-    assert find_cgroup2_mount(proc) is None
-    assert find_cgroup2_mount(tmp_path / "nowhere") is None
+    assert cgroup2_path(KernelPaths(proc=proc)) is None
+    assert cgroup2_path(KernelPaths(proc=tmp_path / "nowhere")) is None
+    # A configured mount wins over mountinfo.
+    assert cgroup2_path(KernelPaths(proc=proc, cgroup2=Path("/x"))) == Path("/x")
 
 
 class Clock:

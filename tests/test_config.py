@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from auditd import config
-from auditd.config import Config, ConfigError
+from auditd.config import schema as config
+from auditd.config.schema import Config
+from auditd.config.yamlfile import ConfigError
 
 DEFAULT_FILE = Path(config.__file__).with_name("default-config.yaml")
 

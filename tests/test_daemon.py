@@ -12,7 +12,7 @@ import pytest
 from _daemon import DaemonProcess, bpf_maps, bpf_objects_of, bpf_programs, value, wait_for_value
 from _workload import denied_opens, scratch_cgroup, secret_file
 
-from auditd.cgroups import service_of
+from auditd.kernel.cgroups import service_of
 
 pytestmark = pytest.mark.needs_bpf
 

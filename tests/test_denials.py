@@ -9,11 +9,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from auditd.cgroups import CgroupResolver
-from auditd.config import DenialProbeConfig
-from auditd.denials import DenialMonitor, DenialSeries, DenialTotals, RepeatAccountant
-from auditd.events import Denial, Source
-from auditd.telemetry import OTHER, LabelCap
+from auditd.config.schema import DenialProbeConfig
+from auditd.kernel.cgroups import CgroupResolver
+from auditd.model.event import Source
+from auditd.model.labels import OTHER, LabelCap
+from auditd.signals.denials.decode import decode
+from auditd.signals.denials.event import Denial
+from auditd.signals.denials.monitor import DenialMonitor, DenialSeries, DenialTotals
+from auditd.signals.denials.repeats import RepeatAccountant
 from probes import denials
 
 
@@ -42,11 +45,11 @@ def _record(comm: bytes, target: bytes, flags: int = 0, **fields: object) -> byt
 
 
 def _decode(data: bytes, offset: int = 0) -> Denial:
-    return denials.decoder(offset)(data).denial
+    return decode(data, offset).denial
 
 
 def test_decode_a_record() -> None:
-    decoded = denials.decoder(1_000)(_record(b"cat", b"/etc/shadow"))
+    decoded = decode(_record(b"cat", b"/etc/shadow"), 1_000)
     event = decoded.denial
     assert (event.time_ns, event.pid, event.tid, event.ppid, event.cgroup_id) == (
         1_005,
@@ -125,14 +128,13 @@ def test_truncated_and_unreadable_targets_are_flagged() -> None:
 
 def test_short_record_is_rejected() -> None:
     with pytest.raises(ValueError, match="Buffer size too small"):
-        denials.decoder(0)(b"\0" * 10)
+        decode(b"\0" * 10, 0)
 
 
 def test_repeats_and_summaries_account_for_every_refusal() -> None:
     accountant = RepeatAccountant(limit=16)
-    decode = denials.decoder(0)
-    first = accountant.on_record(decode(_record(b"x", b"/a", seen=1)))
-    later = accountant.on_record(decode(_record(b"x", b"/a", seen=7)))
+    first = accountant.on_record(decode(_record(b"x", b"/a", seen=1), 0))
+    later = accountant.on_record(decode(_record(b"x", b"/a", seen=7), 0))
     assert (first.repeats, later.repeats) == (0, 5)
     key = denials.DedupKey(99, 10, 257, 13, 0)
     assert accountant.summaries({key: (7, 0)}, 20_000_000_000, 10_000_000_000) == []
@@ -144,10 +146,12 @@ def test_repeats_and_summaries_account_for_every_refusal() -> None:
 
 @dataclass(frozen=True)
 class Key:
+    """A denial_counts key as the kernel has it: numbers (257 is openat, source 0 syscall)."""
+
     cgroup_id: int
-    source: Source = Source.SYSCALL
-    syscall: str = "openat"
+    syscall_nr: int = 257
     errno: int = 13
+    source_nr: int = denials.SOURCE_SYSCALL
 
 
 class FakeCounters:

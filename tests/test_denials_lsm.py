@@ -15,7 +15,7 @@ from _audit_workload import _LANDLOCK, landlock_abi
 from _daemon import DaemonProcess, value
 from _workload import scratch_cgroup
 
-from auditd.cgroups import service_of
+from auditd.kernel.cgroups import service_of
 
 pytestmark = [pytest.mark.needs_bpf, pytest.mark.needs_root]
 

@@ -23,13 +23,15 @@ from _workload import (
     secret_file,
 )
 
-from auditd.cgroups import CgroupResolver
-from auditd.config import Config, DenialProbeConfig, ProbesConfig
-from auditd.daemon import build_monitors, build_probe_set
-from auditd.denials import DenialMonitor
-from auditd.events import Denial, Source
-from auditd.paths import KernelPaths
-from auditd.telemetry import LabelCap
+from auditd.config.schema import Config, DenialProbeConfig, ProbesConfig
+from auditd.daemon.wiring import build_monitors, build_probe_set
+from auditd.kernel.cgroups import CgroupResolver
+from auditd.kernel.paths import KernelPaths
+from auditd.model.event import Source
+from auditd.model.labels import LabelCap
+from auditd.signals.denials.decode import source_of, syscall_of
+from auditd.signals.denials.event import Denial
+from auditd.signals.denials.monitor import DenialMonitor
 from probes import denials
 
 pytestmark = pytest.mark.needs_bpf
@@ -83,7 +85,7 @@ class Loaded:
             self.probes.table("denial_overflow"),
         )
         return {
-            (k.syscall, k.errno, k.source): n
+            (syscall_of(k.syscall_nr), k.errno, source_of(k.source_nr)): n
             for k, n in counters.read().items()
             if k.cgroup_id == cgroup_id
         }
@@ -296,7 +298,7 @@ def test_without_btf_task_targets_are_saved_at_entry() -> None:
 def test_selinux_cause_attaches_where_selinux_runs() -> None:
     """The avc:selinux_audited hook compiles and attaches (the tracepoint exists whether or not
     SELinux enforces); triggering an AVC denial needs SELinux active, which it is not here."""
-    from auditd.features import active_lsms
+    from auditd.kernel.facts import active_lsms
 
     probes = Loaded(10.0, "-DDENIAL_SELINUX")
     try:

@@ -17,10 +17,11 @@ import pytest
 import yaml
 from test_capabilities import unit_settings
 
-from auditd import audit, capabilities
-from auditd.config import Config
-from auditd.daemon import STOP_DEADLINE_S
-from auditd.paths import KernelPaths
+from auditd.audit import source as audit
+from auditd.config.schema import Config
+from auditd.daemon.daemon import STOP_DEADLINE_S
+from auditd.kernel import privileges as capabilities
+from auditd.kernel.paths import KernelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "bpf-auditd.service"
@@ -135,7 +136,7 @@ def test_install_script_installs_a_unit_that_verifies_with_the_real_command(
     installed = dest / "etc/systemd/system/bpf-auditd.service"
     assert installed.read_text() == UNIT.read_text()
     assert (dest / CONFIG_PATH.lstrip("/")).read_text() == (
-        ROOT / "auditd" / "default-config.yaml"
+        ROOT / "auditd" / "config" / "default-config.yaml"
     ).read_text()
     link = dest / "usr/local/bin/bpf-auditd"
     assert os.readlink(link) == "/opt/bpf-auditd/bin/bpf-auditd"

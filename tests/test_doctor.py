@@ -1,4 +1,4 @@
-"""auditd.doctor and auditd.features: the real kernel here, fixture trees for everything else."""
+"""doctor and the kernel facts it reports: the real kernel here, fixture trees for the rest."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from auditd import doctor, features
-from auditd.paths import KernelPaths
+from auditd.audit import netlink
+from auditd.commands import doctor
+from auditd.kernel import bpf_support as features
+from auditd.kernel import facts
+from auditd.kernel.cgroups import cgroup2_mount
+from auditd.kernel.paths import KernelPaths
+from auditd.model.errnos import errno_text
 
 RELEASE = "6.18.44-test"
 FOREIGN = "6.1.0-56-amd64"
@@ -106,9 +111,9 @@ def test_probes_close_every_fd_they_open() -> None:
     before = _open_fds()
     for _ in range(3):
         features.probe_all(paths)
-        features.audit_netlink()
-        features.landlock()
-        features.active_lsms(paths)
+        netlink.audit_netlink()
+        facts.landlock()
+        facts.active_lsms(paths)
     assert _open_fds() == before
 
 
@@ -228,10 +233,10 @@ def test_unreadable_kallsyms_is_named(tmp_path: Path) -> None:
     paths = _kernel_tree(tmp_path)
     paths.kallsyms.unlink()
 
-    facts = features.kallsyms(paths)
+    found = facts.kallsyms(paths)
 
-    assert not facts.readable
-    assert "ENOENT" in facts.detail
+    assert not found.readable
+    assert "ENOENT" in found.detail
 
 
 @pytest.mark.parametrize(
@@ -254,7 +259,7 @@ def test_selinux_line_follows_the_active_lsms(tmp_path: Path, lsms: str, line: s
 def test_cgroup2_mount_point_comes_from_mountinfo(tmp_path: Path) -> None:
     paths = _kernel_tree(tmp_path)
 
-    assert features.cgroup2_mount(paths).path == Path("/sys/fs/cgroup/uni fied")
+    assert cgroup2_mount(paths).path == Path("/sys/fs/cgroup/uni fied")
 
 
 def test_no_cgroup2_mount_switches_service_attribution_off(tmp_path: Path) -> None:
@@ -333,4 +338,4 @@ def test_main_reports_the_missing_minimum_on_stderr(
     [(1, "EPERM (Operation not permitted)"), (95, "EOPNOTSUPP (Operation not supported)")],
 )
 def test_errno_text_names_the_errno(number: int, text: str) -> None:
-    assert features.errno_text(number) == text
+    assert errno_text(number) == text

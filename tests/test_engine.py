@@ -10,13 +10,14 @@ from typing import Any
 import jsonschema
 import pytest
 
-from auditd import policy
-from auditd.alerts import Alert, Severity
-from auditd.engine import SEVERAL_SERVICES, PolicyEngine
-from auditd.telemetry import Family
+import auditd
+from auditd.model.alert import Alert, Severity
+from auditd.policy import language as policy
+from auditd.policy.engine import SEVERAL_SERVICES, PolicyEngine
+from exporters.families import Family
 
 SCHEMA = json.loads(
-    (Path(policy.__file__).parent / "schemas" / "alert-v1.json").read_text(encoding="utf-8")
+    (Path(auditd.__file__).parent / "schemas" / "alert-v1.json").read_text(encoding="utf-8")
 )
 S = 1_000_000_000  # ns
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 
-from auditd import policy
-from auditd.events import Source
-from auditd.filters import KernelFilter, ignores, kernel_filter
+from auditd.model.event import Source
+from auditd.model.filter import KernelFilter
+from auditd.policy import language as policy
+from auditd.policy.filters import ignores, kernel_filter
 
 CGROUPS = {
     1: "/",

@@ -12,7 +12,7 @@ import pytest
 from _daemon import DaemonProcess, wait_for_value
 from _workload import scratch_cgroup, secret_file
 
-from auditd.cgroups import service_of
+from auditd.kernel.cgroups import service_of
 
 pytestmark = pytest.mark.needs_bpf
 

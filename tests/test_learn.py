@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from auditd import learn, policy
-from auditd.alerts import Severity
-from auditd.engine import PolicyEngine
-from auditd.learn import Learner
+from auditd.model.alert import Severity
+from auditd.policy import language as policy
+from auditd.policy import learn
+from auditd.policy.engine import PolicyEngine
+from auditd.policy.learn import Learner
 
 T0 = 1_700_000_000 * 1_000_000_000
 

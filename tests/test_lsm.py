@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace as dataclasses_replace
 
-from auditd.audit_records import AuditEvent, LandlockAccess, Syscall
-from auditd.events import Denial, Source
-from auditd.lsm import LsmCorrelator
+from auditd.audit.records import AuditEvent, LandlockAccess, Syscall
+from auditd.model.event import Source
+from auditd.signals.denials.event import Denial
+from auditd.signals.denials.lsm import LsmCorrelator
 
 
 class Clock:
@@ -89,7 +90,7 @@ def test_refusals_with_a_known_cause_pass_straight_through() -> None:
 
 
 def test_selinux_refusal_gets_its_rights_from_the_avc_record() -> None:
-    from auditd.audit_records import Avc
+    from auditd.audit.records import Avc
 
     avc = Avc.parse(
         'avc:  denied  { read } for  pid=7 comm="cat" name="shadow" dev="sda1" ino=42 '

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from auditd import config
-from auditd.config import ConfigError
-from auditd.matcher import (
-    AnyOf,
-    Condition,
-    IndexedAny,
-    compile_condition,
-    glob_regex,
-    parse_duration,
-    parse_number,
-)
+from auditd.config import yamlfile as config
+from auditd.config.yamlfile import ConfigError
+from auditd.model.units import parse_duration, parse_number
+from auditd.policy.compiler import compile_condition, glob_regex
+from auditd.policy.conditions import AnyOf, Condition, IndexedAny
 
 DENIAL = {
     "kind": "denial",

@@ -23,20 +23,15 @@ from _broker import Mosquitto, Received, Subscriber, free_port
 from _certs import Certs, make_certs
 from _sink_process import SinkProcess
 
-from auditd import config as config_mod
-from auditd.alerts import Alert, Severity
-from auditd.config import ConfigError, MqttConfig
-from exporters.mqtt import (
-    MqttSink,
-    MqttSinkError,
-    alert_topic,
-    expand,
-    resolve_secret,
-    topic_segment,
-    valid_topic,
-)
+import auditd
+from auditd.config import schema as config_mod
+from auditd.config.yamlfile import ConfigError
+from auditd.model.alert import Alert, Severity
+from exporters.mqtt import MqttSink, MqttSinkError, resolve_secret
+from exporters.mqtt.config import MqttConfig, parse_mqtt_url
+from exporters.mqtt.topics import alert_topic, expand, topic_segment
 
-SCHEMA = json.loads((Path(config_mod.__file__).parent / "schemas" / "alert-v1.json").read_text())
+SCHEMA = json.loads((Path(auditd.__file__).parent / "schemas" / "alert-v1.json").read_text())
 _numbers = itertools.count()
 
 
@@ -64,6 +59,15 @@ def first_seen(values: list[str]) -> list[str]:
 
 
 # -- topics and secrets (pure) ----------------------------------------------------------------
+
+
+def valid_topic(topic: str) -> bool:
+    """A topic one may publish to: UTF-8, no wildcards, no empty level, no NUL, <= 65535 bytes."""
+    return (
+        0 < len(topic.encode()) <= 65535
+        and "\0" not in topic
+        and all(level and "+" not in level and "#" not in level for level in topic.split("/"))
+    )
 
 
 @pytest.mark.parametrize(
@@ -139,8 +143,8 @@ def test_config_accepts_a_full_section() -> None:
     )
     assert c.mqtt.url == "mqtts://[::1]:8884"
     assert (c.mqtt.qos, c.mqtt.protocol, c.state_dir) == (2, "v311", "/srv/auditd")
-    assert config_mod.parse_mqtt_url("mqtts://[::1]:8884") == (True, "::1", 8884)
-    assert config_mod.parse_mqtt_url("mqtt://broker") == (False, "broker", 1883)
+    assert parse_mqtt_url("mqtts://[::1]:8884") == (True, "::1", 8884)
+    assert parse_mqtt_url("mqtt://broker") == (False, "broker", 1883)
 
 
 @pytest.mark.parametrize(

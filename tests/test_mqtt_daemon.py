@@ -19,12 +19,12 @@ from _broker import Mosquitto, Received, Subscriber
 from _daemon import DaemonProcess, value
 from _workload import run_as_nobody, scratch_cgroup
 
-from auditd import config as config_mod
-from auditd.cgroups import service_of
+import auditd
+from auditd.kernel.cgroups import service_of
 
 pytestmark = [pytest.mark.needs_bpf, pytest.mark.needs_broker]
 
-SCHEMA = json.loads((Path(config_mod.__file__).parent / "schemas" / "alert-v1.json").read_text())
+SCHEMA = json.loads((Path(auditd.__file__).parent / "schemas" / "alert-v1.json").read_text())
 RULE = "secret-read"
 
 # The child names itself `a/+/#` (what the kernel reports as comm), then is refused each file.

@@ -15,7 +15,7 @@ from _daemon import DaemonProcess, value
 from _namespaces import CLONE_NEWNET, HOLD, NOBODY, PYTHON, holding, refused_setns
 from _workload import scratch_cgroup
 
-from auditd.cgroups import service_of
+from auditd.kernel.cgroups import service_of
 
 pytestmark = [pytest.mark.needs_bpf, pytest.mark.needs_btf]
 

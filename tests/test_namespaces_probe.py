@@ -29,21 +29,16 @@ from _namespaces import (
 )
 from _workload import scratch_cgroup
 
-from auditd.cgroups import CgroupResolver, service_of
-from auditd.config import Config
-from auditd.daemon import build_probe_set
-from auditd.monitor import KernelContext
-from auditd.namespaces import (
-    TYPES,
-    NamespaceChange,
-    NamespaceIdentity,
-    NamespaceMonitor,
-    NamespaceOp,
-    NamespaceType,
-)
-from auditd.offsets import resolve
-from auditd.paths import KernelPaths
-from auditd.telemetry import LabelCap
+from auditd.config.schema import Config
+from auditd.daemon.wiring import build_probe_set
+from auditd.kernel.cgroups import CgroupResolver, service_of
+from auditd.kernel.context import KernelContext
+from auditd.kernel.offsets import resolve
+from auditd.kernel.paths import KernelPaths
+from auditd.model.labels import LabelCap
+from auditd.signals.namespaces.event import TYPES, NamespaceChange, NamespaceOp, NamespaceType
+from auditd.signals.namespaces.identity import NamespaceIdentity
+from auditd.signals.namespaces.monitor import NamespaceMonitor
 from probes import namespaces as probe
 from probes.runtime import ProbeSet
 
@@ -90,7 +85,7 @@ def loaded() -> Iterator[Loaded]:
     try:
         probes.load()
         monitor.bind(probes)
-        collected = Collected()
+        collected = Collected(monitor.identity.attribute)
         probes.start(collected.deliver, collected.failed)
         yield Loaded(monitor, probes, collected)
     finally:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from auditd import offsets
-from auditd.btf import Btf
-from auditd.offsets import FIELDS, OPTIONAL, PT_REGS, SIZES, resolve
+from auditd.kernel import offsets
+from auditd.kernel.btf import Btf
+from auditd.kernel.offsets import FIELDS, OPTIONAL, PT_REGS, SIZES, resolve
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 INCLUDE = Path(__file__).resolve().parent.parent / "probes" / "include"

@@ -9,10 +9,30 @@ from pathlib import Path
 
 import pytest
 
-from auditd import cli, policy
-from auditd.alerts import Severity
-from auditd.config import ConfigError
-from auditd.events import Source
+from auditd.commands import cli
+from auditd.config.yamlfile import ConfigError
+from auditd.model.alert import Severity
+from auditd.model.event import Event, Source
+from auditd.policy import fields
+from auditd.policy import language as policy
+from auditd.signals.allocations.event import AllocationStats
+from auditd.signals.denials.event import Denial
+from auditd.signals.namespaces.event import NamespaceChange, NamespaceOp
+
+_EXAMPLES: dict[type[Event], Event] = {
+    Denial: Denial(
+        time_ns=1, cgroup_id=2, pid=3, tid=3, ppid=1, uid=0, gid=0, comm="c",
+        source=Source.SYSCALL, syscall="openat", errno=13, target="/t",
+    ),
+    NamespaceChange: NamespaceChange(
+        time_ns=1, cgroup_id=2, pid=3, tid=3, uid=0, comm="c", op=NamespaceOp.UNSHARE,
+        flags=0, errno=0, moves=(),
+    ),
+    AllocationStats: AllocationStats(
+        time_ns=1, cgroup_id=2, window=10.0, allocations_per_s=1.0, bytes_per_s=1.0,
+        page_bytes_per_s=0.0, outstanding_bytes=None, top_call_site=None,
+    ),
+}  # fmt: skip
 
 GOOD = """\
 version: 1
@@ -63,7 +83,7 @@ def test_a_policy_loads_into_typed_values() -> None:
 
 
 def test_the_shipped_default_policy_loads() -> None:
-    p = policy.load_default()
+    p = policy.load(policy.DEFAULT_POLICY)
     names = {r.name for r in p.rules}
     assert {"host-namespace-join", "denied-admin-capability", "denial-flood"} <= names
     assert p.ignore.empty
@@ -149,6 +169,33 @@ MALFORMED = [
         "rules[0].name: expected a name",
     ),
     ("empty", "# nothing\n", None, "empty policy"),
+    # A field no event has: the rule could never fire. Named, with what exists.
+    (
+        "unknown-field-any-kind",
+        "rules:\n  - name: r\n    match: {bogus_operator_zz: 1}\n",
+        3,
+        "rules[0].match.bogus_operator_zz: no event field 'bogus_operator_zz'",
+    ),
+    (
+        "unknown-field-of-the-kind",
+        "rules:\n  - name: r\n    match:\n      kind: denial\n      any:\n"
+        "        - {target: /a}\n        - {op: setns}\n",
+        7,
+        "rules[0].match.any[1].op: no event field 'op': this rule could never match it; "
+        "fields of kind denial: cause, cgroup,",
+    ),
+    (
+        "unknown-field-in-unless",
+        RULE + "    unless:\n      - {not: {servce: x}}\n",
+        5,
+        "rules[0].unless[0].not.servce: no event field 'servce'",
+    ),
+    (
+        "unknown-threshold-by",
+        RULE + "    threshold: {count: 2, window: 10s, by: [servce]}\n",
+        4,
+        "rules[0].threshold.by[0]: no event field 'servce'",
+    ),
 ]
 
 
@@ -167,6 +214,15 @@ def test_malformed_policy_is_one_line_and_exit_2(
     where = f"{f}:{line}: " if line is not None else f"{f}: "
     assert lines[0].startswith(f"bpf-auditd: {where}"), lines[0]
     assert says in lines[0], lines[0]
+
+
+def test_fields_of_one_kind_and_nested_fields_are_accepted() -> None:
+    text = (
+        "rules:\n  - name: ns\n    match: {kind: namespace_change, op: setns, "
+        "namespaces.net.after: {exists: true}}\n"
+        "  - name: cap\n    match: {detail.capability: CAP_SYS_ADMIN}\n    dedup: [service, pid]\n"
+    )
+    assert [r.name for r in policy.loads(text).rules] == ["ns", "cap"]
 
 
 def test_errors_carry_file_line_and_key() -> None:
@@ -211,10 +267,31 @@ def test_cli_processes_exit_2_with_one_line(tmp_path: Path, command: str) -> Non
 
 
 def test_config_names_the_policy_relative_to_itself(tmp_path: Path) -> None:
-    from auditd import config
-    from auditd.alerting import policy_path
+    from auditd.config import schema as config
+    from auditd.policy.alerting import policy_path
 
     c = config.loads("policy:\n  file: rules/p.yaml\n")
     assert policy_path(c.policy, tmp_path / "c.yaml", None) == tmp_path / "rules" / "p.yaml"
     assert policy_path(c.policy, tmp_path / "c.yaml", Path("/o.yaml")) == Path("/o.yaml")
     assert policy_path(config.Config().policy, None, None) == policy.DEFAULT_POLICY
+
+
+@pytest.mark.parametrize("kind", fields.EVENT_KINDS, ids=lambda k: k.kind)
+def test_each_kind_lists_exactly_the_fields_it_logs(kind: type[Event]) -> None:
+    # FIELDS is what a policy may name; log_fields() is what it is matched against.
+    example = _EXAMPLES[kind]
+    assert set(example.log_fields()) == kind.FIELDS
+    assert isinstance(example, kind)
+
+
+def test_a_kind_unknown_here_stays_matchable_and_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A learner or a newer daemon may write rules for kinds this one does not produce.
+    f = tmp_path / "p.yaml"
+    f.write_text("rules:\n  - name: r\n    match: {kind: capability_use, capability: CAP_X}\n")
+    assert cli.main(["check-policy", str(f)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{f}: ok (1 rules)\n"
+    assert err.startswith(f"bpf-auditd: note: {f}:3: rules[0].match.kind: this daemon produces")
+    assert "'capability_use'" in err

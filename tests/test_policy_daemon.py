@@ -17,10 +17,10 @@ import pytest
 from _daemon import DaemonProcess, value
 from _workload import denied_opens, scratch_cgroup, secret_file
 
-from auditd.cgroups import service_of
-from auditd.denials import DenialMonitor
-from auditd.monitor import Monitor
-from auditd.policy import DEFAULT_POLICY, load_default
+from auditd.kernel.cgroups import service_of
+from auditd.policy.language import DEFAULT_POLICY, load
+from auditd.signals.denials.monitor import DenialMonitor
+from auditd.signals.monitor import Monitor
 
 pytestmark = pytest.mark.needs_bpf
 
@@ -291,6 +291,6 @@ def test_default_policy_is_in_force_without_a_policy_file(tmp_path: Path) -> Non
         assert d.stop() == 0
     loaded = d.wait_for("policy_loaded")
     assert loaded["file"] == str(DEFAULT_POLICY)
-    assert loaded["rules"] == len(load_default().active_rules)
+    assert loaded["rules"] == len(load(DEFAULT_POLICY).active_rules)
     assert value(text, "bpf_auditd_policy_reload_failures_total") == 0
     assert "# TYPE bpf_auditd_alerts_total counter" in text

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from _daemon import samples, value
 
-from auditd.telemetry import Family, counter, gauge
+from exporters.families import Family, counter, gauge
 from exporters.prometheus import MetricsServer
 
 HITS = counter("test_hits", "Hits.", "service")

@@ -15,7 +15,7 @@ from _certs import make_certs
 from _daemon import DaemonProcess
 from _prometheus import ASSETS, dashboard_exprs, substituted
 
-from exporters.prometheus import webconfig
+from auditd.config import webconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from _daemon import DaemonProcess
 from _prometheus import ASSETS, PrometheusServer, dashboard_exprs, substituted
 from _workload import denied_opens, scratch_cgroup, secret_file
 
-from auditd.cgroups import service_of
+from auditd.kernel.cgroups import service_of
 
 pytestmark = [pytest.mark.needs_bpf, pytest.mark.needs_prometheus]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from _daemon import DaemonProcess, bpf_objects_of
 
-from auditd.sdnotify import Notifier
+from auditd.daemon.sdnotify import Notifier
 
 RECEIVE_TIMEOUT_S = 120.0  # a bound for a hung daemon, not a timing assertion
 

@@ -21,10 +21,11 @@ import pytest
 from _certs import Certs, make_certs
 from _daemon import value
 
-from auditd import config
-from auditd.config import ConfigError
-from auditd.telemetry import counter
-from exporters.prometheus import MetricsServer, webconfig
+from auditd.config import schema as config
+from auditd.config import webconfig
+from auditd.config.yamlfile import ConfigError
+from exporters.families import counter
+from exporters.prometheus import MetricsServer
 
 HITS = counter("test_hits", "Hits.", "service")
 PASSWORD = "s3cret-scrape"

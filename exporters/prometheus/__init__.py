@@ -2,7 +2,7 @@
 
 Kernel counters are read when Prometheus scrapes, not copied into Python metrics: one source of
 truth, and no work between scrapes. An explicit registry keeps instances (and tests) isolated.
-TLS and basic auth come from a web-config file (`webconfig`); the package directory also holds
+TLS and basic auth come as a `web.WebConfig`; the package directory also holds
 the shipped alerting rules, their unit tests, a Grafana dashboard and a scrape config.
 """
 
@@ -24,9 +24,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.registry import Collector
 
-from auditd.telemetry import PREFIX, Family, counter
+from exporters.families import PREFIX, Family, counter
 from exporters.prometheus._http import BasicAuth, MetricsHTTPServer, make_app
-from exporters.prometheus.webconfig import WebConfig
+from exporters.prometheus.web import WebConfig
 
 log = structlog.get_logger("bpf-auditd.prometheus")
 

@@ -4,7 +4,7 @@
  * Debian's 6.1: task_struct.nsproxy sits at 3064 there and at 1840 in the running kernel), so a
  * plain `task->nsproxy` silently reads the wrong word. Instead every field is read with
  * bpf_probe_read_kernel at `pointer + OFF_*`, and the OFF_* constants come from
- * auditd/offsets.py as -D cflags:
+ * auditd/kernel/offsets.py as -D cflags:
  *
  *   AUDITD_STRUCT_READS=1 + OFF_*=N     offsets from the running kernel's BTF; no kernel
  *                                       header is included, so tracepoint-only programs
@@ -79,7 +79,7 @@ enum auditd_ns_type {
 #define OFF_TIME_NS_INUM offsetof(struct time_namespace, ns.inum)
 #define OFF_CGROUP_NS_INUM offsetof(struct cgroup_namespace, ns.inum)
 #define OFF_USER_NS_INUM offsetof(struct user_namespace, ns.inum)
-/* The file behind a descriptor (auditd/offsets.py OPTIONAL, switch AUDITD_HAVE_FILE_READS). */
+/* The file behind a descriptor (auditd/kernel/offsets.py OPTIONAL, switch AUDITD_HAVE_FILE_READS). */
 #define OFF_TASK_FILES offsetof(struct task_struct, files)
 #define OFF_FILES_FDT offsetof(struct files_struct, fdt)
 #define OFF_FDTABLE_MAX_FDS offsetof(struct fdtable, max_fds)

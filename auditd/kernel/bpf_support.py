@@ -1,0 +1,390 @@
+"""Which BPF program and map types this kernel offers, found by trying: trivial programs loaded and
+attached through bpf(2) and perf_event_open(2) directly (no BCC, no headers), for ``doctor``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import re
+import struct
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from auditd.kernel.paths import KernelPaths, find_tracefs, present
+from auditd.model.errnos import errno_text
+from probes.perf import PerfEventAttr as _PerfEventAttr
+from probes.perf import syscall as _syscall
+from probes.perf import tracepoint_dir, tracepoint_id
+
+if TYPE_CHECKING:
+    from auditd.kernel.btf import Btf
+
+# x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+_SYS_PERF_EVENT_OPEN: Final = 298
+_SYS_BPF: Final = 321
+
+# From include/uapi/linux/bpf.h.
+_BPF_MAP_CREATE: Final = 0
+_BPF_PROG_LOAD: Final = 5
+_BPF_RAW_TRACEPOINT_OPEN: Final = 17
+_PROG_KPROBE: Final = 2
+_PROG_TRACEPOINT: Final = 5
+_PROG_RAW_TRACEPOINT: Final = 17
+_PROG_TRACING: Final = 26
+_PROG_LSM: Final = 29
+_ATTACH_TRACE_FENTRY: Final = 24
+_ATTACH_LSM_MAC: Final = 27
+_MAP_RINGBUF: Final = 27
+
+# From include/uapi/linux/perf_event.h.
+_PERF_TYPE_TRACEPOINT: Final = 2
+_PERF_SAMPLE_RAW: Final = 1 << 10
+_PERF_FLAG_FD_CLOEXEC: Final = 1 << 3
+_PERF_EVENT_IOC_SET_BPF: Final = 0x40042408  # _IOW('$', 8, __u32)
+
+
+# r0 = 0; exit — every program type accepts it, so a refusal is about the type, not the code.
+_RETURN_ZERO: Final = struct.pack("<BBhiBBhi", 0xB7, 0, 0, 0, 0x95, 0, 0, 0)
+_VERIFIER_LOG_SIZE: Final = 64 * 1024
+_PROG_NAME: Final = b"auditd_doctor"
+# Functions stable across kernels (the getppid wrapper is x86_64's syscall entry point).
+_TARGET_FUNCTIONS: Final = ("__x64_sys_getppid", "do_nanosleep")
+_LSM_HOOK: Final = "bpf_lsm_file_open"
+_TRACEPOINT: Final = ("syscalls", "sys_enter_getppid")
+_RAW_TRACEPOINT: Final = "sys_enter"
+_RINGBUF_PAGES: Final = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Whether one kind of BPF program could be loaded and attached here, and what happened."""
+
+    name: str
+    available: bool
+    detail: str
+
+
+# --- raw syscalls -------------------------------------------------------------------------------
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    # union bpf_attr for BPF_PROG_LOAD up to attach_prog_fd; the kernel zero-fills the rest.
+    _fields_ = (
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+        ("prog_btf_fd", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("func_info_cnt", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("line_info_cnt", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32),
+        ("attach_prog_fd", ctypes.c_uint32),
+    )
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = (
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    )
+
+
+class _RawTracepointAttr(ctypes.Structure):
+    _fields_ = (("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32))
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    return _syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+
+class _Unavailable(Exception):
+    """A probe step could not be done; the message is the probe's detail (one line)."""
+
+
+def _refused(step: str, exc: OSError, log: str = "") -> _Unavailable:
+    detail = f"{step} refused: {errno_text(exc.errno)}"
+    # The verifier's reason is its last line before the "processed N insns" statistics.
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith("processed ")]
+    if reasons:
+        detail += f"; verifier: {reasons[-1]}"
+    return _Unavailable(detail)
+
+
+def _keep(fds: ExitStack, fd: int) -> int:
+    fds.callback(os.close, fd)
+    return fd
+
+
+def _run(name: str, attempt: Callable[[ExitStack], str]) -> Probe:
+    # Every fd a step opens is registered on the stack, so success and failure both close them.
+    with ExitStack() as fds:
+        try:
+            return Probe(name, True, attempt(fds))
+        except _Unavailable as exc:
+            return Probe(name, False, str(exc))
+
+
+def _version_code(release: str) -> int:
+    # Only kernels before 5.0 check kern_version (for kprobes); later ones ignore it.
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if match is None:
+        return 0
+    major, minor, patch = (int(part or 0) for part in match.groups())
+    return (major << 16) | (minor << 8) | min(patch, 255)
+
+
+def _load(
+    fds: ExitStack,
+    prog_type: int,
+    *,
+    attach_type: int = 0,
+    attach_btf_id: int = 0,
+    kern_version: int = 0,
+) -> int:
+    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE)
+    attr = _ProgLoadAttr(
+        prog_type=prog_type,
+        insn_cnt=len(_RETURN_ZERO) // 8,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_),
+        log_level=1,
+        log_size=_VERIFIER_LOG_SIZE,
+        log_buf=ctypes.addressof(log),
+        kern_version=kern_version,
+        prog_name=_PROG_NAME,
+        expected_attach_type=attach_type,
+        attach_btf_id=attach_btf_id,
+    )
+    try:
+        return _keep(fds, _bpf(_BPF_PROG_LOAD, attr))
+    except OSError as exc:
+        raise _refused("load", exc, log.value.decode(errors="replace")) from exc
+
+
+def _raw_tracepoint_open(fds: ExitStack, name: str | None, prog_fd: int) -> int:
+    # With name NULL the kernel attaches a tracing/LSM program to the target it was loaded for.
+    buf = ctypes.create_string_buffer(name.encode()) if name is not None else None
+    attr = _RawTracepointAttr(name=ctypes.addressof(buf) if buf is not None else 0, prog_fd=prog_fd)
+    try:
+        return _keep(fds, _bpf(_BPF_RAW_TRACEPOINT_OPEN, attr))
+    except OSError as exc:
+        raise _refused("attach", exc) from exc
+
+
+def _perf_event_open(fds: ExitStack, pmu_type: int, config: int, config1: int = 0) -> int:
+    attr = _PerfEventAttr(
+        type=pmu_type,
+        size=ctypes.sizeof(_PerfEventAttr),
+        config=config,
+        sample_period=1,
+        sample_type=_PERF_SAMPLE_RAW,
+        wakeup_events=1,
+        config1=config1,
+    )
+    try:
+        # pid -1, cpu 0, no group: what BCC does; the program runs on every CPU regardless.
+        fd = _syscall(_SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+    except OSError as exc:
+        raise _refused("perf_event_open", exc) from exc
+    return _keep(fds, fd)
+
+
+def _set_bpf(event_fd: int, prog_fd: int) -> None:
+    try:
+        fcntl.ioctl(event_fd, _PERF_EVENT_IOC_SET_BPF, prog_fd)
+    except OSError as exc:
+        raise _refused("attach (PERF_EVENT_IOC_SET_BPF)", exc) from exc
+
+
+def _tracepoint_id(paths: KernelPaths, category: str, event: str) -> int:
+    tracefs = find_tracefs(paths)
+    if tracefs is None:
+        searched = ", ".join(str(path / "events") for path in paths.tracefs)
+        raise _Unavailable(f"tracefs not mounted: none of {searched} exists")
+    id_file = tracepoint_dir(tracefs, category, event) / "id"
+    try:
+        return tracepoint_id(tracefs, category, event)
+    except FileNotFoundError as exc:
+        raise _Unavailable(f"no tracepoint {category}:{event} ({id_file} missing)") from exc
+    except OSError as exc:
+        raise _Unavailable(f"cannot read {id_file}: {errno_text(exc.errno)}") from exc
+    except ValueError as exc:
+        raise _Unavailable(f"{id_file} does not hold a number") from exc
+
+
+def probe_tracepoint(paths: KernelPaths) -> Probe:
+    """BPF_PROG_TYPE_TRACEPOINT on syscalls:sys_enter_getppid via perf_event_open + SET_BPF."""
+
+    def attempt(fds: ExitStack) -> str:
+        category, event = _TRACEPOINT
+        tp_id = _tracepoint_id(paths, category, event)
+        prog = _load(fds, _PROG_TRACEPOINT)
+        _set_bpf(_perf_event_open(fds, _PERF_TYPE_TRACEPOINT, tp_id), prog)
+        return f"attached to {category}:{event} (id {tp_id}) through perf_event_open"
+
+    return _run("tracepoint", attempt)
+
+
+def probe_raw_tracepoint() -> Probe:
+    """BPF_PROG_TYPE_RAW_TRACEPOINT attached with BPF_RAW_TRACEPOINT_OPEN to sys_enter."""
+
+    def attempt(fds: ExitStack) -> str:
+        _raw_tracepoint_open(fds, _RAW_TRACEPOINT, _load(fds, _PROG_RAW_TRACEPOINT))
+        return f"attached to raw tracepoint {_RAW_TRACEPOINT}"
+
+    return _run("raw_tracepoint", attempt)
+
+
+def probe_ringbuf() -> Probe:
+    """A BPF_MAP_TYPE_RINGBUF map (size a power-of-two multiple of the page size)."""
+
+    def attempt(fds: ExitStack) -> str:
+        size = os.sysconf("SC_PAGE_SIZE") * _RINGBUF_PAGES
+        attr = _MapCreateAttr(map_type=_MAP_RINGBUF, max_entries=size)
+        try:
+            _keep(fds, _bpf(_BPF_MAP_CREATE, attr))
+        except OSError as exc:
+            raise _refused("map create", exc) from exc
+        return f"created a {size}-byte ring buffer map"
+
+    return _run("ringbuf", attempt)
+
+
+def probe_kprobe(paths: KernelPaths) -> Probe:
+    """BPF_PROG_TYPE_KPROBE attached through the kprobe PMU to the getppid syscall entry."""
+
+    def attempt(fds: ExitStack) -> str:
+        pmu = paths.sys / "bus" / "event_source" / "devices" / "kprobe" / "type"
+        try:
+            pmu_type = int(pmu.read_text())
+        except FileNotFoundError as exc:
+            raise _Unavailable(f"no kprobe PMU ({pmu} missing){_legacy_kprobes(paths)}") from exc
+        except (OSError, ValueError) as exc:
+            raise _Unavailable(f"cannot read {pmu}: {exc}") from exc
+        function = _TARGET_FUNCTIONS[0]
+        name = ctypes.create_string_buffer(function.encode())
+        prog = _load(fds, _PROG_KPROBE, kern_version=_version_code(paths.release))
+        _set_bpf(_perf_event_open(fds, pmu_type, 0, ctypes.addressof(name)), prog)
+        return f"attached to {function} through the kprobe PMU (type {pmu_type})"
+
+    return _run("kprobe", attempt)
+
+
+def _legacy_kprobes(paths: KernelPaths) -> str:
+    # BCC falls back to tracefs kprobe_events without the PMU: say whether that exists too.
+    tracefs = find_tracefs(paths)
+    if tracefs is None:
+        return ", and no tracefs"
+    legacy = tracefs / "kprobe_events"
+    try:
+        legacy.stat()
+    except FileNotFoundError:
+        return ", and no kprobe_events in tracefs"
+    except OSError as exc:
+        return f"; {legacy}: {errno_text(exc.errno)}"
+    return f"; {legacy} exists (legacy kprobes only)"
+
+
+class BtfFunctions:
+    """The running kernel's BTF function ids, read on first use and only once (126k types)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._btf: Btf | None = None
+        self._error: str | None = None
+
+    def first(self, names: Sequence[str]) -> tuple[str, int]:
+        """The first of *names* that BTF describes as a FUNC, with its type id."""
+        btf = self._load()
+        for name in names:
+            if (type_id := btf.func_id(name)) is not None:
+                return name, type_id
+        raise _Unavailable(f"none of {', '.join(names)} is a FUNC in the BTF at {self.path}")
+
+    def _load(self) -> Btf:
+        if self._btf is None and self._error is None:
+            from auditd.kernel.btf import (  # the reader costs a second: only when asked
+                Btf,
+                BtfError,
+            )
+
+            if not present(self.path):
+                self._error = f"no BTF at {self.path}"
+            else:
+                try:
+                    self._btf = Btf.load(self.path)
+                except BtfError as exc:
+                    self._error = str(exc)
+        if self._btf is None:
+            raise _Unavailable(self._error or f"no BTF at {self.path}")
+        return self._btf
+
+
+def _probe_btf_attach(
+    name: str, btf: BtfFunctions, prog_type: int, attach_type: int, targets: Sequence[str]
+) -> Probe:
+    def attempt(fds: ExitStack) -> str:
+        function, type_id = btf.first(targets)
+        target = f"{function} (BTF id {type_id})"
+        try:
+            prog = _load(fds, prog_type, attach_type=attach_type, attach_btf_id=type_id)
+            _raw_tracepoint_open(fds, None, prog)
+        except _Unavailable as exc:
+            raise _Unavailable(f"{target}: {exc}") from exc
+        return f"attached to {target}"
+
+    return _run(name, attempt)
+
+
+def probe_fentry(paths: KernelPaths, btf: BtfFunctions | None = None) -> Probe:
+    """BPF_PROG_TYPE_TRACING / BPF_TRACE_FENTRY on a stable function found in BTF."""
+    btf = btf or BtfFunctions(paths.btf)
+    return _probe_btf_attach("fentry", btf, _PROG_TRACING, _ATTACH_TRACE_FENTRY, _TARGET_FUNCTIONS)
+
+
+def probe_bpf_lsm(paths: KernelPaths, btf: BtfFunctions | None = None) -> Probe:
+    """BPF_PROG_TYPE_LSM / BPF_LSM_MAC on the file_open hook (returns 0: allow)."""
+    btf = btf or BtfFunctions(paths.btf)
+    return _probe_btf_attach("bpf_lsm", btf, _PROG_LSM, _ATTACH_LSM_MAC, (_LSM_HOOK,))
+
+
+PROBE_NAMES: Final = ("tracepoint", "raw_tracepoint", "ringbuf", "kprobe", "fentry", "bpf_lsm")
+
+
+def probe_all(paths: KernelPaths) -> tuple[Probe, ...]:
+    """Every probe, in ``PROBE_NAMES`` order, sharing one read of BTF."""
+    btf = BtfFunctions(paths.btf)
+    return (
+        probe_tracepoint(paths),
+        probe_raw_tracepoint(),
+        probe_ringbuf(),
+        probe_kprobe(paths),
+        probe_fentry(paths, btf),
+        probe_bpf_lsm(paths, btf),
+    )

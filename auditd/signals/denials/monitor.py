@@ -1,0 +1,225 @@
+"""Denial monitor: exact refusal totals per service from the kernel's counters (kept exact
+across cgroup removal by signals/totals.py), repeats accounted, policy filters pushed down."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from auditd.config.schema import DenialProbeConfig
+from auditd.kernel.cgroups import CgroupResolver
+from auditd.kernel.context import KernelContext
+from auditd.kernel.facts import active_lsms
+from auditd.model.capabilities import capability_name
+from auditd.model.errnos import errno_name
+from auditd.model.event import Event
+from auditd.model.filter import KernelFilter
+from auditd.model.labels import LabelCap
+from auditd.signals.denials import decode as decoding
+from auditd.signals.denials.event import Denial
+from auditd.signals.denials.repeats import RepeatAccountant
+from auditd.signals.monitor import Monitor
+from auditd.signals.totals import CounterSource, KernelTotals
+from exporters.families import Family, counter
+from probes import denials as probe
+from probes import syscalls
+from probes.runtime import ProbeSet, ProbeSpec
+
+
+class CounterKeyLike(Protocol):
+    """A denial_counts key as numbers (probes.denials.CounterKey, or a fake in pure tests)."""
+
+    @property
+    def cgroup_id(self) -> int: ...
+    @property
+    def syscall_nr(self) -> int: ...
+    @property
+    def errno(self) -> int: ...
+    @property
+    def source_nr(self) -> int: ...
+
+
+K = TypeVar("K", bound=CounterKeyLike)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class DenialSeries:
+    service: str
+    source: str
+    syscall: str
+    errno: str
+
+
+class DenialTotals(KernelTotals[K, DenialSeries]):
+    """Exact refusal totals per (service, source, syscall, errno)."""
+
+    def __init__(
+        self, source: CounterSource[K], resolver: CgroupResolver, services: LabelCap
+    ) -> None:
+        def series(key: K, count: int) -> list[tuple[DenialSeries, int]]:
+            service = services(resolver.service(key.cgroup_id))
+            name = DenialSeries(
+                service,
+                decoding.source_of(key.source_nr).value,
+                decoding.syscall_of(key.syscall_nr),
+                errno_name(key.errno),
+            )
+            return [(name, count)]
+
+        super().__init__(source, resolver, series)
+
+
+DENIALS = counter(
+    "denials",
+    "Refusals by the kernel (EACCES/EPERM and LSM denials), counted exactly in the kernel.",
+    "service",
+    "source",
+    "syscall",
+    "errno",
+)
+CAP_DENIALS = counter(
+    "capability_denials",
+    "Refusals caused by a failed capability check (exact, in the kernel); user_ns: initial or"
+    " child user namespace of the check.",
+    "service",
+    "capability",
+    "user_ns",
+)
+UNATTRIBUTED = counter(
+    "denials_unattributed",
+    "Refusals counted after the kernel counter map was full: in no labelled series.",
+)
+
+
+class DenialMonitor(Monitor):
+    name = "denials"
+
+    def __init__(
+        self, config: DenialProbeConfig, resolver: CgroupResolver, services: LabelCap
+    ) -> None:
+        self.config = config
+        self._resolver = resolver
+        self._services = services
+        self.totals: DenialTotals[probe.CounterKey] | None = None
+        self._counters: probe.DenialCounters | None = None
+        self._recent: Any = None
+        self._hooks: dict[str, int] = {}
+        self._probes: ProbeSet | None = None
+        self._enter_hooks = False
+        self._accountant = RepeatAccountant(2 * config.recent_entries)
+
+    def probe_specs(self, kernel: KernelContext) -> list[ProbeSpec]:
+        self._hooks = probe.available_hooks(kernel.tracefs)
+        cflags = set(kernel.plan.cflags)
+        pt_regs = "-DAUDITD_HAVE_TASK_PT_REGS=1" in cflags
+        seccomp = pt_regs and "-DAUDITD_HAVE_SECCOMP_MODE=1" in cflags
+        # Entry hooks only where needed: seccomp marks, or saving targets without pt_regs.
+        self._enter_hooks = seccomp or not pt_regs
+        # SELinux denials become causes where SELinux enforces (the tracepoint exists anyway).
+        lsms = active_lsms(kernel.paths).names or ()
+        self.selinux = "selinux" in lsms
+        offset = kernel.mono_to_wall_ns
+        accountant = self._accountant
+
+        def on_record(data: bytes) -> Denial:
+            # On the reader thread: decode (pure), then account the kernel's repeat count.
+            return accountant.on_record(decoding.decode(data, offset))
+
+        return [
+            ProbeSpec(
+                name=self.name,
+                source=probe.SOURCE,
+                ringbuf="denial_events",
+                drops="denial_drops",
+                decode=on_record,
+                cflags=(
+                    f"-DDENIAL_COUNTER_ENTRIES={self.config.counter_entries}",
+                    f"-DDENIAL_RECENT_ENTRIES={self.config.recent_entries}",
+                    f"-DDENIAL_WINDOW_NS={int(self.config.window * 1e9)}ULL",
+                    f"-DTARGET_LEN={probe.TARGET_LEN}",
+                    *(["-DDENIAL_SELINUX"] if self.selinux else []),
+                ),
+            )
+        ]
+
+    def bind(self, probes: ProbeSet) -> None:
+        hooked = probes.table("denial_hooked")
+        specs = probes.table("denial_specs")
+        for name, nr in self._hooks.items():
+            kind, index = probe.HOOKS[name]
+            specs[ctypes.c_int(nr)] = specs.Leaf(kind, index)
+            hooked[ctypes.c_int(nr)] = ctypes.c_uint8(1)
+            probes.attach_tracepoint(f"syscalls:sys_exit_{name}", "denial_exit_hook")
+            if self._enter_hooks:
+                probes.attach_tracepoint(f"syscalls:sys_enter_{name}", "denial_enter_hook")
+        self._counters = probe.DenialCounters(
+            probes.table("denial_counts"),
+            probes.table("denial_cap_counts"),
+            probes.table("denial_overflow"),
+        )
+        self._recent = probes.table("denial_recent")
+        self._probes = probes
+        self.totals = DenialTotals(self._counters, self._resolver, self._services)
+
+    def apply_filter(self, f: KernelFilter) -> None:
+        """Push the policy's ignore list into the kernel: matching refusals stay counted
+        exactly but send no record. Tables are rewritten whole (filters are small)."""
+        probes = self._probes
+        if probes is None:
+            return
+        cgroups = probes.table("denial_quiet_cgroups")
+        errnos = probes.table("denial_quiet_errnos")
+        syscall_flags = probes.table("denial_quiet_syscalls")
+        source_flags = probes.table("denial_quiet_sources")
+        cgroups.clear()
+        errnos.clear()
+        if len(f.cgroup_ids) > 1024 or len(f.errnos) > 64:
+            # The rest are still ignored, in user space (records arrive, are counted, dropped).
+            structlog.get_logger("bpf-auditd").warning(
+                "kernel_filter_truncated", cgroups=len(f.cgroup_ids), errnos=len(f.errnos),
+                kernel_limits={"cgroups": 1024, "errnos": 64},
+            )  # fmt: skip
+        for cgroup_id in sorted(f.cgroup_ids)[:1024]:
+            cgroups[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(1)
+        for err in sorted(f.errnos)[:64]:
+            errnos[ctypes.c_uint32(err)] = ctypes.c_uint8(1)
+        wanted = {syscalls.NUMBERS[name] for name in f.syscalls if name in syscalls.NUMBERS}
+        for nr in range(512):
+            syscall_flags[ctypes.c_int(nr)] = ctypes.c_uint8(1 if nr in wanted else 0)
+        for source, number in decoding.SOURCE_NUMBERS.items():
+            source_flags[ctypes.c_int(number)] = ctypes.c_uint8(1 if source in f.sources else 0)
+        probes.table("denial_quiet")[ctypes.c_int(0)] = ctypes.c_uint8(0 if f.empty else 1)
+
+    def declared(self) -> list[Family]:
+        return [DENIALS, CAP_DENIALS, UNATTRIBUTED]
+
+    def families(self) -> list[Family]:
+        if self.totals is None or self._counters is None:
+            return self.declared()
+        snapshot = self.totals.snapshot()
+        caps: Counter[tuple[str, ...]] = Counter()
+        for key, n in self._counters.read_caps().items():
+            service = self._services(self._resolver.service(key.cgroup_id))
+            user_ns = "initial" if key.init_user_ns else "child"
+            caps[service, capability_name(key.cap), user_ns] += n
+        return [
+            DENIALS.with_samples(
+                {(s.service, s.source, s.syscall, s.errno): n for s, n in sorted(snapshot.items())}
+            ),
+            CAP_DENIALS.with_samples(dict(caps)),
+            UNATTRIBUTED.with_samples({(): self.totals.unattributed()}),
+        ]
+
+    def housekeeping(self) -> list[Event]:
+        """Retire removed cgroups' counters; summarize floods that stopped inside a window."""
+        if self.totals is None or self._recent is None:
+            return []
+        self.totals.retire_removed()
+        recent = probe.read_recent(self._recent)
+        window_ns = int(self.config.window * 1e9)
+        return list(self._accountant.summaries(recent, time.monotonic_ns(), window_ns))
