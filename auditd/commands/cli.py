@@ -245,7 +245,10 @@ def _learn(
         log.error("failed", error=str(exc))
         return _fail(str(exc).splitlines()[0], EXIT_FAILURE)
     text = learner.render(
-        ignore=daemon.alerting.policy.ignore, started_ns=started, ended_ns=time.time_ns()
+        ignore=daemon.alerting.policy.ignore,
+        started_ns=started,
+        ended_ns=time.time_ns(),
+        host=parts.host,
     )
     try:
         write_atomically(output, text)

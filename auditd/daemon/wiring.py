@@ -7,6 +7,7 @@ nowhere but the log); the daemon is handed its parts and never rewired afterward
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Parts:
     """Everything the daemon runs, built before it starts (bad files fail here, before any
     probe is loaded)."""
 
+    host: str
     resolver: CgroupResolver
     services: LabelCap
     monitors: list[Monitor]
@@ -59,6 +61,11 @@ class Parts:
     sinks: list[AlertSink]
     web: WebConfig | None
     telemetry: list[Telemetry] = field(default_factory=list)
+
+
+def host_name(config: Config) -> str:
+    """The host identity every part is given: the config's `host`, else the machine's name."""
+    return config.host or socket.gethostname()
 
 
 def build_monitors(
@@ -113,17 +120,19 @@ def build(
             cgroup_of_pid=lambda pid: cgroup_id_of_pid(paths.proc, pid, resolver),
             service_of_cgroup=resolver.service,
         )
-    alerting = Alerting(config.policy, config_path, policy_file)
+    host = host_name(config)
+    alerting = Alerting(config.policy, config_path, policy_file, host=host)
     sinks: list[AlertSink] = [LogSink()]
     telemetry: list[Telemetry] = []
     if alert_sinks and config.mqtt.url is not None:
         # Imported only when configured: aiomqtt stays out of the default run.
         from exporters.mqtt import MqttSink
 
-        mqtt = MqttSink(config.mqtt, Path(config.state_dir))
+        mqtt = MqttSink(config.mqtt, Path(config.state_dir), hostname=host)
         sinks.append(mqtt)
         telemetry.append(mqtt)
     return Parts(
+        host=host,
         resolver=resolver,
         services=services,
         monitors=monitors,

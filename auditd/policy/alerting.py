@@ -53,8 +53,8 @@ class Alerting:
         config_file: Path | None,
         override: Path | None = None,
         *,
+        host: str,
         clock: Callable[[], int] = time.time_ns,
-        host: str | None = None,
     ) -> None:
         self._override = override
         self._max_keys = config.max_keys
