@@ -1,5 +1,5 @@
 """Command line: `bpf-auditd run | doctor | check-config | check-policy | learn | dump-bpf |
-allocmap`.
+allocmap | policy publish`.
 
 Only this module chooses exit codes: 0 fine, 1 the daemon failed at run time, 2 the operator's
 input (arguments, config) is unusable. Errors are one line on stderr, never a traceback.
@@ -82,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
     allocmap.add_argument("--service", help="only services matching this name or glob")
     allocmap.add_argument("--top", type=int, default=10, help="call sites per service (10)")
     allocmap.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from auditd.commands import publish
+
+    policy = sub.add_parser("policy", help="policies for a fleet: publish to a TUF repository")
+    publish.add_parser(policy.add_subparsers(dest="policy_command", required=True, metavar="STEP"))
     return parser
 
 
@@ -145,8 +150,23 @@ def main(argv: list[str] | None = None) -> int:
             return _dump_bpf(_load_config(args.config), _paths(args))
         if args.command == "allocmap":
             return _allocmap(_load_config(args.config), _paths(args), args)
+        if args.command == "policy":
+            return _publish(args)
         return _run(_load_config(args.config), args.config, _paths(args), args.policy)
     except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from auditd.commands import publish
+    from auditd.commands.repository import PublishError
+    from auditd.commands.signing import KeyFileError
+
+    # The environment is read here, at the edge; never a passphrase on the command line.
+    passphrase = os.environ.get(publish.PASSPHRASE_VARIABLE)
+    try:
+        return publish.main(args, passphrase.encode() if passphrase else None)
+    except (publish.UsageError, PublishError, KeyFileError) as exc:
         return _fail(str(exc), EXIT_USAGE)
 
 

@@ -182,6 +182,13 @@ def _is_repository_url(value: str) -> bool:
 
 # A TUF target name: relative, `/`-separated, no empty, `.` or `..` segment.
 _TARGET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
+TARGET_NAME_EXPECTED = "a relative target name like 'policies/web.yaml' (letters, digits, . _ - /)"
+
+
+def is_target_name(value: str) -> bool:
+    return len(value) <= 256 and _TARGET_NAME.fullmatch(value) is not None and ".." not in value
+
+
 # A host name (RFC 1123 labels, or any name of letters, digits, `.`, `_` and `-`).
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
 
@@ -200,12 +207,7 @@ class TufConfig:
     # file's directory. The keys that sign policies are never in the daemon's config.
     root: str = field(metadata=_check(lambda v: v != "", "a file path"))
     # The policy's target name in the repository, e.g. `policies/web.yaml`.
-    target: str = field(
-        metadata=_check(
-            lambda v: len(v) <= 256 and _TARGET_NAME.fullmatch(v) is not None and ".." not in v,
-            "a relative target name like 'policies/web.yaml' (letters, digits, . _ - and /)",
-        )
-    )
+    target: str = field(metadata=_check(is_target_name, TARGET_NAME_EXPECTED))
     # Seconds between refreshes (SIGHUP refreshes at once).
     interval: float = field(
         default=300.0, metadata=_check(lambda v: 0.5 <= v <= 86400, "0.5..86400 seconds")

@@ -8,13 +8,14 @@ nowhere but the log); the daemon is handed its parts and never rewired afterward
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from auditd.config import webconfig
-from auditd.config.schema import Config
+from auditd.config.schema import Config, TufConfig
+from auditd.config.yamlfile import resolve_path
 from auditd.daemon.enrich import Enricher
 from auditd.daemon.sinks import LogSink
 from auditd.kernel.cgroups import CgroupResolver, cgroup2_path
@@ -25,6 +26,7 @@ from auditd.model.alert import Alert
 from auditd.model.event import Event
 from auditd.model.labels import LabelCap
 from auditd.policy.alerting import Alerting
+from auditd.policy.language import Policy
 from auditd.signals.allocations.monitor import AllocationMonitor
 from auditd.signals.denials.lsm import LsmCorrelator
 from auditd.signals.denials.monitor import DenialMonitor
@@ -36,12 +38,25 @@ from exporters.prometheus.web import WebConfig
 from exporters.sink import AlertSink
 from probes.runtime import ProbeSet
 
+if TYPE_CHECKING:
+    from auditd.policy.fleet.updates import PolicyUpdates
+
 
 class Telemetry(Protocol):
     """A part with metrics of its own (the MQTT sink: spool depth, connection, drops)."""
 
     def declared(self) -> list[Family]: ...
     def families(self) -> list[Family]: ...
+
+
+class PolicyFeed(Telemetry, Protocol):
+    """Policies delivered while running (`policy.fleet.updates.PolicyUpdates`)."""
+
+    def run(
+        self, apply: Callable[[Policy, str], None], raise_alert: Callable[[Alert], None]
+    ) -> Coroutine[Any, Any, None]: ...
+    def refresh(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -61,6 +76,7 @@ class Parts:
     sinks: list[AlertSink]
     web: WebConfig | None
     telemetry: list[Telemetry] = field(default_factory=list)
+    policy_feed: PolicyFeed | None = None
 
 
 def host_name(config: Config) -> str:
@@ -131,6 +147,11 @@ def build(
         mqtt = MqttSink(config.mqtt, Path(config.state_dir), hostname=host)
         sinks.append(mqtt)
         telemetry.append(mqtt)
+    feed = None
+    if alert_sinks and config.policy.tuf is not None:  # learning takes no policy updates
+        feed = build_policy_feed(config.policy.tuf, config_path, Path(config.state_dir), host)
+        feed.start_from_cache(alerting.apply)  # before any event: no summary is pending
+        telemetry.append(feed)
     return Parts(
         host=host,
         resolver=resolver,
@@ -143,4 +164,19 @@ def build(
         sinks=sinks,
         web=web,
         telemetry=telemetry,
+        policy_feed=feed,
     )
+
+
+def build_policy_feed(
+    tuf: TufConfig, config_path: Path | None, state_dir: Path, host: str
+) -> PolicyUpdates:
+    """The TUF client of `policy.tuf`. Imported only when configured: python-tuf and its
+    stdlib (ssl, http, email) cost ~3 MB of the daemon's memory (README, "Policies for a
+    fleet"). Raises ConfigError when the pinned root is unusable."""
+    from auditd.policy.fleet.client import TufPolicySource, read_pinned_root
+    from auditd.policy.fleet.updates import PolicyUpdates
+
+    pinned = read_pinned_root(resolve_path(tuf.root, config_path))
+    source = TufPolicySource(tuf.url, pinned, tuf.target, state_dir, timeout=tuf.timeout)
+    return PolicyUpdates(source, interval=tuf.interval, host=host)
