@@ -126,8 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             from auditd.config import webconfig
+            from auditd.config.yamlfile import resolve_path
 
-            webconfig.from_config(config_mod.load(args.file), args.file)
+            config = config_mod.load(args.file)
+            webconfig.from_config(config, args.file)
+            if config.policy.tuf is not None:  # the pinned root: readable, signed by itself
+                from auditd.policy.fleet.client import read_pinned_root
+
+                read_pinned_root(resolve_path(config.policy.tuf.root, args.file))
             print(f"{args.file}: ok")
             return 0
         if args.command == "check-policy":

@@ -112,8 +112,9 @@ class TufPolicySource:
             raise CacheError(str(exc)) from exc
         return Cached(policy, saved.vouched, saved.applied_at, saved.expired)
 
-    def update(self) -> Outcome:
-        """Refresh, and fetch the target if it changed. Refusals are outcomes; an error of our
+    def update(self, in_force: str | None) -> Outcome:
+        """Refresh, and fetch the target unless its sha256 is `in_force`'s (the policy the
+        caller has in force, None if none from here). Refusals are outcomes; an error of our
         own (the state directory) is raised."""
         phase = "metadata"
         try:
@@ -136,7 +137,7 @@ class TufPolicySource:
             vouched = Vouched(
                 self.target, sha256, info.length, targets.signed.version, self._root_version(roots)
             )
-            if self._unchanged(vouched, targets, roots):
+            if vouched.sha256 == in_force and self._proof_kept(vouched, targets, roots):
                 return Outcome(vouched=vouched)
             if info.length > MAX_POLICY_BYTES:
                 detail = f"{self.target!r} is {info.length} bytes, above {MAX_POLICY_BYTES}"
@@ -155,13 +156,11 @@ class TufPolicySource:
         self.applied.save(vouched, data, targets.to_bytes(), roots)
         return Outcome(vouched=vouched, policy=policy)
 
-    def _unchanged(self, vouched: Vouched, targets: Metadata[Targets], roots: list[bytes]) -> bool:
-        """Whether the target is the policy applied before. When its proof changed (targets
-        re-signed, root rotated), the saved proof is replaced: the offline start verifies it."""
-        before = self.applied.vouched()
-        if before is None or (before.sha256, before.length) != (vouched.sha256, vouched.length):
-            return False
-        if before == vouched:
+    def _proof_kept(self, vouched: Vouched, targets: Metadata[Targets], roots: list[bytes]) -> bool:
+        """For the policy in force: whether the saved copy is current, its proof replaced when
+        that changed (targets re-signed, root rotated: the offline start verifies it). False
+        when the saved copy is not this policy's, or damaged: then it is downloaded again."""
+        if self.applied.vouched() == vouched:
             return True
         try:
             policy = self.applied.verified(self._pinned_root, self.target).policy

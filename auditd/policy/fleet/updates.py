@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections import Counter
@@ -60,7 +61,7 @@ class Source(Protocol):
     url: str
     target: str
 
-    def update(self) -> Outcome: ...
+    def update(self, in_force: str | None) -> Outcome: ...
     def cached(self) -> Cached: ...
     def abort(self) -> None: ...
 
@@ -136,8 +137,9 @@ class PolicyUpdates:
         self._pending.clear()
         while not self._stopping:
             self._wake.clear()
+            in_force = self._in_force.sha256 if self._in_force is not None else None
             try:
-                outcome = await _in_thread(self.source.update)
+                outcome = await _in_thread(functools.partial(self.source.update, in_force))
             except Exception as exc:  # our own state directory, or a bug: said, not fatal
                 self._count(self._results, "failed")
                 self.log.error("policy_update_failed", error=f"{type(exc).__name__}: {exc}")
