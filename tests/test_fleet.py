@@ -204,6 +204,7 @@ def test_three_hosts_one_repository_one_broker_one_prometheus(fleet: Fleet) -> N
                   f"fleet-v2 alert from {host}")  # fmt: skip
             doc = rule_alerts(sub, host, "fleet-v2")[0].json()
             assert (doc["host"], doc["service"]) == (host, service)
+        print(f"alert message: {len(rule_alerts(sub, HOSTS[0], 'fleet-v2')[0].payload)} bytes")
 
         # -- Prometheus: the three hosts' counters, told apart by `instance` ------------------
         scrape = [{"targets": [d.metrics_url.split("/")[2]], "labels": {"instance": h}}
@@ -239,6 +240,8 @@ def test_three_hosts_one_repository_one_broker_one_prometheus(fleet: Fleet) -> N
                 lambda: pub.add(V2.format(service=json.dumps(service))),
             )
             fleet.refusal_case("unreachable", fleet.server.stop, fleet.server.start)
+            sizes = sorted(len(m.payload) for m in sub.alerts() if m.topic.endswith(REFUSED))
+            print(f"{REFUSED} messages: {sizes[0]}..{sizes[-1]} bytes")
             refusals = prom.query("sum by (instance) (bpf_auditd_policy_update_refusals_total)")
             assert {s["instance"] for s, v in refusals if v >= 18} == set(HOSTS), refusals
 

@@ -228,7 +228,7 @@ def test_an_unusable_pinned_root_stops_start_up(
 
 def test_python_tuf_stays_out_of_a_daemon_without_policy_tuf() -> None:
     """Imported only when `policy.tuf` is set (tuf, securesystemslib, urllib3 and the stdlib
-    they pull in: about 3 MB of the daemon's memory)."""
+    they pull in: about 5 MB of the daemon's memory)."""
     code = (
         "import sys\n"
         "from auditd.commands import cli\n"

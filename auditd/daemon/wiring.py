@@ -172,7 +172,7 @@ def build_policy_feed(
     tuf: TufConfig, config_path: Path | None, state_dir: Path, host: str
 ) -> PolicyUpdates:
     """The TUF client of `policy.tuf`. Imported only when configured: python-tuf and its
-    stdlib (ssl, http, email) cost ~3 MB of the daemon's memory (README, "Policies for a
+    stdlib (ssl, http, email) cost ~5 MB of the daemon's memory (README, "Policies for a
     fleet"). Raises ConfigError when the pinned root is unusable."""
     from auditd.policy.fleet.client import TufPolicySource, read_pinned_root
     from auditd.policy.fleet.updates import PolicyUpdates
