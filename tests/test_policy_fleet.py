@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,6 +200,22 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(
     took = time.monotonic() - started
     assert took < 20, took
     assert "not downloaded within 2 s" in out.detail
+
+
+def test_a_silent_server_is_cut_off_at_the_deadline(env: Env) -> None:
+    """Accepts the connection, never answers: one `timeout`, not python-tuf's four (one per
+    retry) of 30 s each."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = TufPolicySource(url, env.pub.pinned.read_bytes(), TARGET, env.state, timeout=2)
+        started = time.monotonic()
+        out = client.update(None)
+        took = time.monotonic() - started
+    assert out.reason == "unreachable", out
+    assert "timed out" in out.detail
+    assert took < 10, took
 
 
 def test_garbage_metadata(v2: tuple[Env, TufPolicySource, bytes]) -> None:

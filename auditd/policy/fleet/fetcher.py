@@ -6,6 +6,7 @@ four timeouts per file (measured: still blocked after 30 s on a 1 byte / 0.5 s d
 request at a 2 s timeout). This one gives every download one deadline, reads with `read1` (one
 `recv`, so the deadline is checked at least once per read timeout), never retries and can be
 aborted from another thread (daemon shutdown).
+A download takes at most `timeout` seconds from its start, connecting included.
 """
 
 from __future__ import annotations
@@ -65,8 +66,7 @@ class DeadlineFetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as exc:
             raise _download_error(url, exc) from exc
         if response.status >= 400:
-            response.drain_conn()
-            response.release_conn()
+            response.close()  # not drained: the body of an error may drip too
             # python-tuf reads 403/404 on `N.root.json` as "no newer root".
             raise exceptions.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
         return self._chunks(url, response, deadline)
@@ -82,6 +82,8 @@ class DeadlineFetcher(FetcherInterface):
                     raise exceptions.SlowRetrievalError(
                         f"{url}: not downloaded within {self.timeout:g} s"
                     )
+                # Each read waits at most for what is left of the deadline.
+                _read_timeout(response, deadline - time.monotonic())
                 try:
                     data = response.read1(_CHUNK)
                 except urllib3.exceptions.HTTPError as exc:
@@ -91,6 +93,13 @@ class DeadlineFetcher(FetcherInterface):
                 yield data
         finally:
             response.release_conn()
+
+
+def _read_timeout(response: urllib3.BaseHTTPResponse, seconds: float) -> None:
+    connection = getattr(response, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.01))
 
 
 def _download_error(url: str, exc: BaseException) -> exceptions.DownloadError:

@@ -142,7 +142,9 @@ class PolicyUpdates:
                 outcome = await _in_thread(functools.partial(self.source.update, in_force))
             except Exception as exc:  # our own state directory, or a bug: said, not fatal
                 self._count(self._results, "failed")
-                self.log.error("policy_update_failed", error=f"{type(exc).__name__}: {exc}")
+                if "failed" not in self._episode:  # once until an update succeeds
+                    self._episode.add("failed")
+                    self.log.error("policy_update_failed", error=f"{type(exc).__name__}: {exc}")
             else:
                 self._handle(outcome, apply, raise_alert)
             with contextlib.suppress(TimeoutError):
