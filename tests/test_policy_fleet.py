@@ -322,3 +322,14 @@ def test_a_refused_target_does_not_become_the_saved_policy(
 def test_first_start_has_no_saved_policy(env: Env) -> None:
     with pytest.raises(NoCache):
         env.client().cached()
+
+
+def test_a_saved_policy_of_another_target_is_no_cache(
+    v2: tuple[Env, TufPolicySource, bytes],
+) -> None:
+    """The config now names another target: nothing saved for it (not a damaged copy)."""
+    env, _, _ = v2
+    pinned = env.pub.pinned.read_bytes()
+    other = TufPolicySource(env.server.url, pinned, "policies/other.yaml", env.state, timeout=5)
+    with pytest.raises(NoCache, match="saved policy is target 'policies/fleet.yaml'"):
+        other.cached()

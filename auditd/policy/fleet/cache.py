@@ -84,8 +84,8 @@ class AppliedPolicy:
         is none for `target` or it does not verify."""
         raw = self._raw()
         vouched = _vouched(raw)
-        if vouched.target != target:
-            raise CacheError(f"it is for target {vouched.target!r}, not {target!r}")
+        if vouched.target != target:  # the config names another target now: not an attack
+            raise NoCache(f"the saved policy is target {vouched.target!r}, not {target!r}")
         try:
             policy = base64.b64decode(raw["policy"], validate=True)
             targets_md = Metadata[Targets].from_bytes(base64.b64decode(raw["targets_metadata"]))

@@ -27,7 +27,7 @@ class CacheError(Exception):
 
 
 class NoCache(CacheError):
-    """No policy saved yet (first start)."""
+    """No policy saved for this target (first start, or the config names another target)."""
 
 
 @dataclass(frozen=True, slots=True)

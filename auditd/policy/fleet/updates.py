@@ -104,8 +104,10 @@ class PolicyUpdates:
         """Apply the saved policy if it still verifies from the pinned root (no network)."""
         try:
             cached = self.source.cached()
-        except NoCache:
-            self.log.info("policy_tuf_no_cache", url=self.source.url, target=self.source.target)
+        except NoCache as exc:
+            self.log.info(
+                "policy_tuf_no_cache", url=self.source.url, target=self.source.target, why=str(exc)
+            )
             return
         except CacheError as exc:  # refused like an update: alerted once the sinks run
             self._pending.append(("invalid_cache", str(exc)))
