@@ -331,5 +331,5 @@ def test_a_saved_policy_of_another_target_is_no_cache(
     env, _, _ = v2
     pinned = env.pub.pinned.read_bytes()
     other = TufPolicySource(env.server.url, pinned, "policies/other.yaml", env.state, timeout=5)
-    with pytest.raises(NoCache, match="saved policy is target 'policies/fleet.yaml'"):
+    with pytest.raises(NoCache, match=r"saved policy is target 'policies/fleet\.yaml'"):
         other.cached()
