@@ -114,7 +114,7 @@ async def _main(config_path: Path) -> None:
     logs.configure(config.log)
     log = structlog.get_logger("sink-process")
     numbers = itertools.count()
-    async with MqttSink(config.mqtt, Path(config.state_dir)) as sink:
+    async with MqttSink(config.mqtt, Path(config.state_dir), hostname="sink-process") as sink:
         log.info("ready")
         while line := await asyncio.to_thread(sys.stdin.readline):
             _, n, rule = line.split(maxsplit=2)
@@ -131,6 +131,7 @@ async def _main(config_path: Path) -> None:
                         count=1,
                         first_seen_ns=time.time_ns(),
                         last_seen_ns=time.time_ns(),
+                        host="sink-process",
                     )
                 )
             log.info("raised", n=int(n))

@@ -38,7 +38,7 @@ def test_reload_keeps_the_policy_in_force_when_the_new_one_is_broken(tmp_path: P
     f = tmp_path / "p.yaml"
     f.write_text(RULE.format(name="first"))
     config = PolicyConfig(file=str(f))
-    a = Alerting(config, None, clock=lambda: 0)
+    a = Alerting(config, None, clock=lambda: 0, host="h1")
     assert [x.rule for x in a.evaluate(FakeDenial("/a"))] == ["first"]
     a.evaluate(FakeDenial("/a"))  # folded: pending until the cooldown ends
 
@@ -66,7 +66,7 @@ def test_an_unchanged_policy_keeps_its_cooldowns(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
     f.write_text(RULE.format(name="r"))
     config = PolicyConfig(file=str(f))
-    a = Alerting(config, None, clock=lambda: 0)
+    a = Alerting(config, None, clock=lambda: 0, host="h1")
     assert len(a.evaluate(FakeDenial("/a"))) == 1
     with capture_logs() as logs:
         assert a.reload(config, None) == []
@@ -77,7 +77,7 @@ def test_an_unchanged_policy_keeps_its_cooldowns(tmp_path: Path) -> None:
 def test_ignored_events_are_counted_per_probe(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
     f.write_text("ignore: {services: [web.service]}\nrules: []\n")
-    a = Alerting(PolicyConfig(file=str(f)), None)
+    a = Alerting(PolicyConfig(file=str(f)), None, host="h1")
     assert a.ignores(FakeDenial("/a"))
     assert not a.ignores(FakeDenial("/a", service="db.service"))
     assert sample(a.families(), "bpf_auditd_events_ignored", ("denials",)) == 1

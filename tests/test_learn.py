@@ -187,7 +187,7 @@ def test_the_ignore_list_in_force_is_kept() -> None:
     ignore = policy.loads(
         "ignore: {services: [noisy.service], errnos: [EPERM]}\nrules: []\n"
     ).ignore
-    text = learner.render(ignore=ignore, started_ns=T0, ended_ns=T0)
+    text = learner.render(ignore=ignore, started_ns=T0, ended_ns=T0, host="h1")
     assert policy.loads(text).ignore == ignore
 
 

@@ -46,6 +46,7 @@ def make_alert(rule: str = "test-rule", severity: Severity = Severity.WARNING) -
         count=1,
         first_seen_ns=time.time_ns(),
         last_seen_ns=time.time_ns(),
+        host="h1",
     )
 
 
@@ -159,7 +160,7 @@ def test_inconsistent_settings_refuse_to_start(
     tmp_path: Path, fields: dict[str, Any], says: str
 ) -> None:
     with pytest.raises(MqttSinkError, match=says):
-        MqttSink(MqttConfig(**fields), tmp_path)
+        MqttSink(MqttConfig(**fields), tmp_path, hostname="h1")
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,7 @@ def test_full_spool_drops_oldest_counts_every_drop_and_logs_once_per_interval(
     submitted: list[Alert] = []
 
     async def scenario() -> dict[str, Any]:
-        sink = MqttSink(config, tmp_path, clock=clock)
+        sink = MqttSink(config, tmp_path, hostname="h1", clock=clock)
         async with sink:
             for _ in range(12):
                 submitted.append(make_alert())
@@ -325,7 +326,7 @@ def test_broker_down_ten_seconds_while_alerts_keep_coming_loses_none(
             await asyncio.sleep(0.05)
 
     async def scenario() -> dict[str, Any]:
-        async with MqttSink(config, tmp_path) as sink:
+        async with MqttSink(config, tmp_path, hostname="h1") as sink:
             await raise_for(sink, 1.5)
             await asyncio.to_thread(broker.stop)
             before = len(raised)
@@ -609,7 +610,7 @@ def test_auto_protocol_falls_back_to_3_1_1_when_v5_is_refused(tmp_path: Path) ->
     alert = make_alert()
 
     async def scenario() -> None:
-        async with MqttSink(config, tmp_path) as sink:
+        async with MqttSink(config, tmp_path, hostname="h1") as sink:
             sink.submit(alert)
             while sink.acknowledged < 1:
                 await asyncio.sleep(0.01)

@@ -59,3 +59,23 @@ def test_run_evaluates_with_the_policy_engine(tmp_path: Path) -> None:
     # Enrichment and the namespace monitor share one identity (owners, the host's namespaces).
     namespaces = next(m for m in parts.monitors if m.name == "namespaces")
     assert parts.enricher.namespaces is namespaces.identity  # type: ignore[attr-defined]
+
+
+def test_one_host_identity_reaches_alerts_ids_and_mqtt(tmp_path: Path) -> None:
+    """The config's `host` is the one name every part uses; unset, the machine's name."""
+    import socket
+
+    config = dataclasses.replace(
+        _with_mqtt(tmp_path, client_id="c-{hostname}", topic_prefix="fleet/{hostname}"),
+        host="fleet-b",
+    )
+    parts = wiring.build(config, None, KernelPaths())
+    mqtt = next(s for s in parts.sinks if isinstance(s, MqttSink))
+    assert (parts.host, mqtt.client_id, mqtt.prefix) == ("fleet-b", "c-fleet-b", "fleet/fleet-b")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: any-denial\n    match: {kind: denial}\n")
+    alerting = wiring.build(config, None, KernelPaths(), policy_file=policy).alerting
+    [alert] = alerting.engine.evaluate_fields("denial", {"service": "a.service", "errno": 13})
+    assert alert.host == "fleet-b"
+    assert alert.id.startswith("fleet-b-")
+    assert wiring.build(Config(), None, KernelPaths()).host == socket.gethostname()

@@ -1,5 +1,5 @@
 """Command line: `bpf-auditd run | doctor | check-config | check-policy | learn | dump-bpf |
-allocmap`.
+allocmap | policy publish`.
 
 Only this module chooses exit codes: 0 fine, 1 the daemon failed at run time, 2 the operator's
 input (arguments, config) is unusable. Errors are one line on stderr, never a traceback.
@@ -82,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
     allocmap.add_argument("--service", help="only services matching this name or glob")
     allocmap.add_argument("--top", type=int, default=10, help="call sites per service (10)")
     allocmap.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from auditd.commands import publish
+
+    policy = sub.add_parser("policy", help="policies for a fleet: publish to a TUF repository")
+    publish.add_parser(policy.add_subparsers(dest="policy_command", required=True, metavar="STEP"))
     return parser
 
 
@@ -121,8 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             from auditd.config import webconfig
+            from auditd.config.yamlfile import resolve_path
 
-            webconfig.from_config(config_mod.load(args.file), args.file)
+            config = config_mod.load(args.file)
+            webconfig.from_config(config, args.file)
+            if config.policy.tuf is not None:  # the pinned root: readable, signed by itself
+                from auditd.policy.fleet.client import read_pinned_root
+
+                read_pinned_root(resolve_path(config.policy.tuf.root, args.file))
             print(f"{args.file}: ok")
             return 0
         if args.command == "check-policy":
@@ -145,8 +156,23 @@ def main(argv: list[str] | None = None) -> int:
             return _dump_bpf(_load_config(args.config), _paths(args))
         if args.command == "allocmap":
             return _allocmap(_load_config(args.config), _paths(args), args)
+        if args.command == "policy":
+            return _publish(args)
         return _run(_load_config(args.config), args.config, _paths(args), args.policy)
     except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from auditd.commands import publish
+    from auditd.commands.repository import PublishError
+    from auditd.commands.signing import KeyFileError
+
+    # The environment is read here, at the edge; never a passphrase on the command line.
+    passphrase = os.environ.get(publish.PASSPHRASE_VARIABLE)
+    try:
+        return publish.main(args, passphrase.encode() if passphrase else None)
+    except (publish.UsageError, PublishError, KeyFileError) as exc:
         return _fail(str(exc), EXIT_USAGE)
 
 
@@ -245,7 +271,10 @@ def _learn(
         log.error("failed", error=str(exc))
         return _fail(str(exc).splitlines()[0], EXIT_FAILURE)
     text = learner.render(
-        ignore=daemon.alerting.policy.ignore, started_ns=started, ended_ns=time.time_ns()
+        ignore=daemon.alerting.policy.ignore,
+        started_ns=started,
+        ended_ns=time.time_ns(),
+        host=parts.host,
     )
     try:
         write_atomically(output, text)

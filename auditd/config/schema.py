@@ -7,6 +7,8 @@ keys are errors: a misspelt key that is silently ignored is a setting the operat
 from __future__ import annotations
 
 import ipaddress
+import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +164,58 @@ class ProbesConfig:
     allocations: AllocationProbeConfig = field(default_factory=AllocationProbeConfig)
 
 
+def _is_repository_url(value: str) -> bool:
+    """An http(s) URL without credentials, query or fragment (credentials end up in logs)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError when out of range)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.username is None
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+# A TUF target name: relative, `/`-separated, no empty, `.` or `..` segment.
+_TARGET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
+TARGET_NAME_EXPECTED = "a relative target name like 'policies/web.yaml' (letters, digits, . _ - /)"
+
+
+def is_target_name(value: str) -> bool:
+    return len(value) <= 256 and _TARGET_NAME.fullmatch(value) is not None and ".." not in value
+
+
+# A host name (RFC 1123 labels, or any name of letters, digits, `.`, `_` and `-`).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
+
+
+@dataclass(frozen=True, slots=True)
+class TufConfig:
+    """The policy from a TUF repository (The Update Framework): verified, then applied."""
+
+    # The repository: `<url>/metadata/` and `<url>/targets/`, served by any static HTTP server.
+    url: str = field(
+        metadata=_check(
+            _is_repository_url, "an http:// or https:// URL without credentials or query"
+        )
+    )
+    # The pinned initial root metadata (`1.root.json` of the repository), relative to this
+    # file's directory. The keys that sign policies are never in the daemon's config.
+    root: str = field(metadata=_check(lambda v: v != "", "a file path"))
+    # The policy's target name in the repository, e.g. `policies/web.yaml`.
+    target: str = field(metadata=_check(is_target_name, TARGET_NAME_EXPECTED))
+    # Seconds between refreshes (SIGHUP refreshes at once).
+    interval: float = field(
+        default=300.0, metadata=_check(lambda v: 0.5 <= v <= 86400, "0.5..86400 seconds")
+    )
+    # Seconds one download may take in all (a server that drips bytes is cut off).
+    timeout: float = field(default=30.0, metadata=_check(lambda v: 1 <= v <= 600, "1..600 seconds"))
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """Alert rules (YAML policy file)."""
@@ -176,10 +230,23 @@ class PolicyConfig:
     max_keys: int = field(
         default=4096, metadata=_check(lambda v: 16 <= v <= 1_000_000, "16..1000000")
     )
+    # null: the policy comes from `file` only. Set: from a TUF repository, `file` (or the
+    # default) being the policy until the first verified one is applied.
+    tuf: TufConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    # This host's name in alerts (`host`, ids), in MQTT (`{hostname}` in the client id and topic
+    # prefix) and in learned policies; null: the machine's host name. Metrics carry none: the
+    # scrape target's `instance` label names the host.
+    host: str | None = field(
+        default=None,
+        metadata=_check(
+            lambda v: v is None or _HOST_NAME.fullmatch(v) is not None,
+            "null or a host name of letters, digits, '.', '_' and '-' (at most 253)",
+        ),
+    )
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)

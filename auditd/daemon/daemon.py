@@ -29,6 +29,7 @@ from auditd.kernel.paths import KernelPaths
 from auditd.model.alert import Alert
 from auditd.model.event import Event
 from auditd.model.filter import KernelFilter
+from auditd.policy.language import Policy
 from auditd.signals.denials.event import Denial
 from exporters.families import Family, counter, gauge
 from exporters.prometheus import MetricsServer
@@ -103,6 +104,7 @@ class Daemon:
         self._filter_pushed = float("-inf")
         self.sinks = parts.sinks
         self.telemetry = parts.telemetry
+        self.policy_feed = parts.policy_feed
 
     # -- telemetry (called from the HTTP server's thread at scrape time) ---------------------
 
@@ -236,7 +238,12 @@ class Daemon:
             watchdog = tg.create_task(self.notifier.keep_alive())
             alert_ticks = tg.create_task(self._alert_ticks())
             lsm = [tg.create_task(self._audit_events()), tg.create_task(self._lsm_expiry())]
+            feed = self.policy_feed
+            if feed is not None:
+                lsm.append(tg.create_task(feed.run(self._apply_policy, self._raise_builtin)))
             await self._stop.wait()
+            if feed is not None:
+                feed.stop()  # a download in progress ends at its next read
             for task in lsm:
                 task.cancel()
             alert_ticks.cancel()
@@ -323,6 +330,15 @@ class Daemon:
         for sink in self.sinks:
             sink.submit(alert)
 
+    def _raise_builtin(self, alert: Alert) -> None:
+        self.raise_alert(self.alerting.builtin(alert))
+
+    def _apply_policy(self, policy: Policy, origin: str) -> None:
+        """A policy from the TUF repository, checked: put in force as a reload does."""
+        for alert in self.alerting.apply(policy, origin):
+            self.raise_alert(alert)
+        self._apply_filter()
+
     async def _alert_ticks(self) -> None:
         """Summaries of folded repeats go out when their cooldown ends, events or not."""
         while True:
@@ -396,6 +412,8 @@ class Daemon:
         for alert in self.alerting.reload(self.config.policy, self.config_path):
             self.raise_alert(alert)
         self._apply_filter()
+        if self.policy_feed is not None:
+            self.policy_feed.refresh()
 
     def _reload_config(self) -> None:
         if self.config_path is None:
@@ -410,9 +428,11 @@ class Daemon:
         self._reloads["success"] += 1
         changed = [
             name
-            for name in ("log", "metrics", "probes", "queue_size", "mqtt", "state_dir")
+            for name in ("host", "log", "metrics", "probes", "queue_size", "mqtt", "state_dir")
             if getattr(new, name) != getattr(self.config, name)
         ]
+        if new.policy.tuf != self.config.policy.tuf:
+            changed.append("policy.tuf")
         restart = [name for name in changed if name != "log"]
         if new.log != self.config.log:
             logs.configure(new.log)

@@ -7,13 +7,15 @@ nowhere but the log); the daemon is handed its parts and never rewired afterward
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import socket
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from auditd.config import webconfig
-from auditd.config.schema import Config
+from auditd.config.schema import Config, TufConfig
+from auditd.config.yamlfile import resolve_path
 from auditd.daemon.enrich import Enricher
 from auditd.daemon.sinks import LogSink
 from auditd.kernel.cgroups import CgroupResolver, cgroup2_path
@@ -24,6 +26,7 @@ from auditd.model.alert import Alert
 from auditd.model.event import Event
 from auditd.model.labels import LabelCap
 from auditd.policy.alerting import Alerting
+from auditd.policy.language import Policy
 from auditd.signals.allocations.monitor import AllocationMonitor
 from auditd.signals.denials.lsm import LsmCorrelator
 from auditd.signals.denials.monitor import DenialMonitor
@@ -35,6 +38,9 @@ from exporters.prometheus.web import WebConfig
 from exporters.sink import AlertSink
 from probes.runtime import ProbeSet
 
+if TYPE_CHECKING:
+    from auditd.policy.fleet.updates import PolicyUpdates
+
 
 class Telemetry(Protocol):
     """A part with metrics of its own (the MQTT sink: spool depth, connection, drops)."""
@@ -43,11 +49,22 @@ class Telemetry(Protocol):
     def families(self) -> list[Family]: ...
 
 
+class PolicyFeed(Telemetry, Protocol):
+    """Policies delivered while running (`policy.fleet.updates.PolicyUpdates`)."""
+
+    def run(
+        self, apply: Callable[[Policy, str], None], raise_alert: Callable[[Alert], None]
+    ) -> Coroutine[Any, Any, None]: ...
+    def refresh(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Parts:
     """Everything the daemon runs, built before it starts (bad files fail here, before any
     probe is loaded)."""
 
+    host: str
     resolver: CgroupResolver
     services: LabelCap
     monitors: list[Monitor]
@@ -59,6 +76,12 @@ class Parts:
     sinks: list[AlertSink]
     web: WebConfig | None
     telemetry: list[Telemetry] = field(default_factory=list)
+    policy_feed: PolicyFeed | None = None
+
+
+def host_name(config: Config) -> str:
+    """The host identity every part is given: the config's `host`, else the machine's name."""
+    return config.host or socket.gethostname()
 
 
 def build_monitors(
@@ -113,17 +136,24 @@ def build(
             cgroup_of_pid=lambda pid: cgroup_id_of_pid(paths.proc, pid, resolver),
             service_of_cgroup=resolver.service,
         )
-    alerting = Alerting(config.policy, config_path, policy_file)
+    host = host_name(config)
+    alerting = Alerting(config.policy, config_path, policy_file, host=host)
     sinks: list[AlertSink] = [LogSink()]
     telemetry: list[Telemetry] = []
     if alert_sinks and config.mqtt.url is not None:
         # Imported only when configured: aiomqtt stays out of the default run.
         from exporters.mqtt import MqttSink
 
-        mqtt = MqttSink(config.mqtt, Path(config.state_dir))
+        mqtt = MqttSink(config.mqtt, Path(config.state_dir), hostname=host)
         sinks.append(mqtt)
         telemetry.append(mqtt)
+    feed = None
+    if alert_sinks and config.policy.tuf is not None:  # learning takes no policy updates
+        feed = build_policy_feed(config.policy.tuf, config_path, Path(config.state_dir), host)
+        feed.start_from_cache(alerting.apply)  # before any event: no summary is pending
+        telemetry.append(feed)
     return Parts(
+        host=host,
         resolver=resolver,
         services=services,
         monitors=monitors,
@@ -134,4 +164,19 @@ def build(
         sinks=sinks,
         web=web,
         telemetry=telemetry,
+        policy_feed=feed,
     )
+
+
+def build_policy_feed(
+    tuf: TufConfig, config_path: Path | None, state_dir: Path, host: str
+) -> PolicyUpdates:
+    """The TUF client of `policy.tuf`. Imported only when configured: python-tuf and its
+    stdlib (ssl, http, email) cost ~5 MB of the daemon's memory (README, "Policies for a
+    fleet"). Raises ConfigError when the pinned root is unusable."""
+    from auditd.policy.fleet.client import TufPolicySource, read_pinned_root
+    from auditd.policy.fleet.updates import PolicyUpdates
+
+    pinned = read_pinned_root(resolve_path(tuf.root, config_path))
+    source = TufPolicySource(tuf.url, pinned, tuf.target, state_dir, timeout=tuf.timeout)
+    return PolicyUpdates(source, interval=tuf.interval, host=host)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ class Alert:
     count: int  # events this alert stands for (repeats collapsed into one alert)
     first_seen_ns: int
     last_seen_ns: int
-    host: str = field(default_factory=socket.gethostname)
+    host: str  # the daemon's host identity (config `host`)
     id: str = ""
     # True when this alert collects repeats folded by dedup/cooldown or a rate limit.
     summary: bool = False

@@ -1,5 +1,6 @@
 """The daemon's alert stage: the policy in force and its engine, SIGHUP reloads that keep the
-previous policy when the new file is broken, and the ignore list with its kernel filter."""
+previous policy when the new file is broken, policies applied from a TUF repository (the same
+switch), and the ignore list with its kernel filter."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ class Alerting:
         config_file: Path | None,
         override: Path | None = None,
         *,
+        host: str,
         clock: Callable[[], int] = time.time_ns,
-        host: str | None = None,
     ) -> None:
         self._override = override
         self._max_keys = config.max_keys
@@ -70,6 +71,8 @@ class Alerting:
         self._lock = threading.Lock()
         self._reload_failures = 0
         self._ignored: Counter[str] = Counter()
+        # Set while a policy from a TUF repository is in force: SIGHUP then leaves it alone.
+        self.remote: str | None = None
 
     def _engine(self, policy: Policy) -> PolicyEngine:
         return PolicyEngine(
@@ -108,6 +111,11 @@ class Alerting:
         is counted. Returns the replaced engine's pending summaries, to send before anything
         else, so no folded count is lost in the switch."""
         log = structlog.get_logger("bpf-auditd")
+        if self.remote is not None:
+            log.info(
+                "policy_reload_skipped", reason="policy from a TUF repository", origin=self.remote
+            )
+            return self._switch(self.policy, self.path, config.max_keys)
         path = policy_path(config, config_file, self._override)
         try:
             new = _load(path)
@@ -117,13 +125,34 @@ class Alerting:
             log.error("policy_reload_failed", error=str(exc), kept=str(self.path))
             return []
         changed = new != self.policy or path != self.path or config.max_keys != self._max_keys
-        flushed: list[Alert] = []
-        if changed:  # an unchanged policy keeps its cooldowns and windows
-            flushed = self.engine.flush()
-            self.policy, self.path = new, path
-            self._max_keys = config.max_keys
-            self.engine = self._engine(new)
+        flushed = self._switch(new, path, config.max_keys)
         log.info("policy_reloaded", file=str(path), rules=len(new.active_rules), changed=changed)
+        return flushed
+
+    def apply(self, policy: Policy, origin: str) -> list[Alert]:
+        """Put a policy checked elsewhere in force (from a TUF repository, `origin` saying
+        where); like `reload`, returns the replaced engine's pending summaries."""
+        self.remote = origin
+        flushed = self._switch(policy, self.path, self._max_keys)
+        structlog.get_logger("bpf-auditd").info(
+            "policy_applied", origin=origin, rules=len(policy.active_rules)
+        )
+        return flushed
+
+    def builtin(self, alert: Alert) -> Alert:
+        """An alert of the daemon's own (not of a rule), counted with the others."""
+        self.counters.count(self.counters.raised, (alert.rule, alert.severity.value))
+        return alert
+
+    def _switch(self, policy: Policy, path: Path, max_keys: int) -> list[Alert]:
+        """The one place the policy in force changes. An unchanged policy keeps its engine
+        (cooldowns, windows); a new one gets a new engine, the old one's pending summaries
+        returned to be sent first, so no folded count is lost in the switch."""
+        if policy == self.policy and path == self.path and max_keys == self._max_keys:
+            return []
+        flushed = self.engine.flush()
+        self.policy, self.path, self._max_keys = policy, path, max_keys
+        self.engine = self._engine(policy)
         return flushed
 
     # -- metrics (scrape thread) -----------------------------------------------------------

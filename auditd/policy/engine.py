@@ -10,7 +10,6 @@ is passed in.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -351,13 +350,12 @@ class PolicyEngine:
         *,
         max_keys: int = 4096,
         clock: Callable[[], int] = time.time_ns,
-        host: str | None = None,
+        host: str,
         counters: AlertCounters | None = None,
     ) -> None:
         self.policy = policy
         self.clock = clock
         self.counters = counters or AlertCounters()
-        host = host or socket.gethostname()
         self._rules = [
             _RuleState(rule, policy, max_keys, host, self.counters) for rule in policy.active_rules
         ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import socket
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -148,8 +147,7 @@ class Learner:
 
     # -- the policy file -------------------------------------------------------------------
 
-    def render(self, *, ignore: Ignore, started_ns: int, ended_ns: int, host: str = "") -> str:
-        host = host or socket.gethostname()
+    def render(self, *, ignore: Ignore, started_ns: int, ended_ns: int, host: str) -> str:
         start = _iso(started_ns)
         end = _iso(ended_ns)
         kinds = sorted({k for k, _ in [*self.behaviours, *self.envelopes]} | set(PROFILES))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -90,8 +89,9 @@ def resolve_secret(reference: str, environ: Mapping[str, str]) -> str:
 
 
 class MqttSink:
-    """`async with MqttSink(config, state_dir):` streams submitted alerts to the broker; the
-    spool is `<state_dir>/mqtt-spool`."""
+    """`async with MqttSink(config, state_dir, hostname=host):` streams submitted alerts to the
+    broker; the spool is `<state_dir>/mqtt-spool`. `hostname` fills `{hostname}` in the client
+    id and the topic prefix."""
 
     name = "mqtt"
 
@@ -100,7 +100,7 @@ class MqttSink:
         config: MqttConfig,
         state_dir: Path,
         *,
-        hostname: str | None = None,
+        hostname: str,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -117,9 +117,8 @@ class MqttSink:
             raise MqttSinkError("mqtt.tls_key needs mqtt.tls_cert")
         if config.password and not config.username:
             raise MqttSinkError("mqtt.password needs mqtt.username")
-        name = hostname if hostname is not None else socket.gethostname()
-        self.prefix = expand(config.topic_prefix, name)
-        self.client_id = expand(config.client_id, name)
+        self.prefix = expand(config.topic_prefix, hostname)
+        self.client_id = expand(config.client_id, hostname)
         self.status_topic = status_topic(self.prefix)
         # Read now, so unreadable credentials or certificates stop start-up before any probe
         # is loaded (small files, read once).

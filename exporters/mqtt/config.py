@@ -69,7 +69,7 @@ def _secret(predicate: Callable[[Any], bool], expected: str) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
     """Live alerts over MQTT: off while `url` is null. `{hostname}` in `client_id` and
-    `topic_prefix` is replaced by this host's name (made topic-safe)."""
+    `topic_prefix` is replaced by the host name the sink is given (made topic-safe)."""
 
     url: str | None = field(
         default=None,
