@@ -248,10 +248,9 @@ def _wait_metric(url: str, name: str, want: float, **labels: str) -> float | Non
 
 
 def _in_cgroup(cgroup: Path, argv: list[str]) -> int:
-    def enter() -> None:
-        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
-    return subprocess.run(argv, preexec_fn=enter, capture_output=True, check=False).returncode
+    """Run argv in `cgroup` (a shell moves itself there, then becomes argv)."""
+    enter = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
+    return subprocess.run([*enter, *argv], capture_output=True, check=False).returncode
 
 
 def _cap_mask(names: list[str]) -> int:
