@@ -20,9 +20,12 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+import pytest
 
 CACHE = Path("/var/cache/bpf-auditd-tests")
 SUITE = "bookworm"
@@ -127,3 +130,33 @@ def size_bytes(path: Path) -> int:
         ["du", "-s", "-x", "--block-size=1", str(path)], capture_output=True, text=True, check=True
     ).stdout
     return int(out.split()[0])
+
+
+ROOTS: dict[str, Callable[[], contextlib.AbstractContextManager[Path]]] = {
+    "linuxkit": linuxkit_base,
+    "systemd": systemd_root,
+}
+_warming: dict[str, threading.Thread] = {}
+
+
+def warm(items: Iterable[pytest.Item]) -> None:
+    """Start building, side by side, every root the selected tests name (`needs_containers`
+    marker arguments) that the cache lacks: on a cold cache the two builds overlap (one
+    downloads while the other unpacks), about a minute less than one after the other. A test
+    that needs a root still being built waits for it on the cache's lock."""
+    kinds = {
+        kind
+        for item in items
+        if (marker := item.get_closest_marker("needs_containers")) is not None
+        for kind in marker.args
+    }
+    for kind in sorted(kinds - _warming.keys()):
+
+        def build(kind: str = kind) -> None:
+            # A failure here is left to the test that uses the root: it builds again, and fails.
+            with contextlib.suppress(Exception), ROOTS[kind]():
+                pass
+
+        # Not a daemon thread: an interrupted session still finishes the build it started.
+        _warming[kind] = threading.Thread(target=build, name=f"root-{kind}")
+        _warming[kind].start()

@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 import yaml
 from _daemon import bpf_objects_of, bpf_programs, value
-from _roots import MKROOT, linuxkit_base, run, size_bytes
+from _roots import MKROOT, linuxkit_base, run, size_bytes, warm
 from _workload import NOBODY, denied_opens, scratch_cgroup, secret_file
 
 from auditd.model.capabilities import NUMBERS
@@ -49,7 +49,7 @@ from auditd.model.capabilities import NUMBERS
 pytestmark = [
     pytest.mark.needs_root,
     pytest.mark.needs_bpf,
-    pytest.mark.needs_containers,
+    pytest.mark.needs_containers("linuxkit"),  # the root it boots (tests/_roots.py)
     # A cold cache builds the root first (about a minute).
     pytest.mark.timeout(900),
 ]
@@ -83,6 +83,11 @@ def build_context(dest: Path) -> Path:
         else:
             shutil.copy2(source, target)
     return dest / "src"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _roots_side_by_side(request: pytest.FixtureRequest) -> None:
+    warm(request.session.items)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 from _daemon import bpf_objects_of, bpf_programs, value
-from _roots import systemd_root
+from _roots import systemd_root, warm
 from _workload import cgroup2_root
 from test_capabilities import unit_settings
 
@@ -55,7 +55,7 @@ from auditd.model.capabilities import NUMBERS
 pytestmark = [
     pytest.mark.needs_root,
     pytest.mark.needs_bpf,
-    pytest.mark.needs_containers,
+    pytest.mark.needs_containers("systemd"),  # the root it boots (tests/_roots.py)
     # A cold cache builds the root first (about a minute); the watchdog step takes ~50 s.
     pytest.mark.timeout(900),
 ]
@@ -282,6 +282,11 @@ def _probe_unit(installed: str) -> str:
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _roots_side_by_side(request: pytest.FixtureRequest) -> None:
+    warm(request.session.items)
 
 
 @pytest.fixture(scope="module")
