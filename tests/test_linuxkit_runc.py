@@ -131,9 +131,10 @@ def test_image_root_holds_the_daemon_and_nothing_it_does_not_need(
         ROOT / "auditd/config/default-config.yaml"
     ).read_text()
     # No compiler, package manager or pip; no apt lists, caches, logs, docs or tests.
-    for tool in ("gcc", "cc", "c++", "clang", "ld", "apt", "apt-get", "pip", "pip3"):
-        assert not (root / "usr/bin" / tool).exists(), tool
-    assert not list(root.glob("usr/lib/python3*/**/site-packages/pip"))
+    for pattern in ("*gcc*", "cc", "c++", "clang*", "ld", "as", "apt*", "pip*"):
+        assert not list((root / "usr/bin").glob(pattern)), pattern
+    assert not (root / "usr/lib/gcc").exists()
+    assert not list(root.glob("usr/lib/python3*/*-packages/pip"))
     assert not list(root.glob("opt/bpf-auditd/lib/python3*/site-packages/pip"))
     assert not list(root.glob("opt/bpf-auditd/lib/python3*/site-packages/tests"))
     for directory in ("var/lib/apt/lists", "var/cache", "var/log", "tmp", "root/.cache"):
