@@ -27,7 +27,7 @@ LinuxKit's init prepares around it). The rules are LinuxKit's own, read from its
   the service: a relative path inside the root filesystem, an absolute one on the host.
 
 Not handled, each refused with its line: user or group names (LinuxKit numbers them per image
-at build time) and `devices`. Errors are one line, `file:line: key: message`.
+at build time), `additionalGids` and `devices`. Errors are one line, `file:line: key: message`.
 """
 
 from __future__ import annotations

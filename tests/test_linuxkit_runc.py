@@ -289,6 +289,7 @@ def bundle(image_root: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     (bundle / "config.json").write_text(json.dumps(spec, indent=4))
     # LinuxKit's init (pkg/init/cmd/service/prepare.go): runtime.mkdir, absolute = on the host.
     assert runtime["mounts"] == [], "runtime.mounts: not prepared by this test"
+    assert all(Path(d).is_absolute() for d in runtime["mkdir"])
     for directory in runtime["mkdir"]:
         Path(directory).mkdir(parents=True, exist_ok=True)
     # A read-only image (moby/build/image.go) is its own rootfs, read-only when services start.
