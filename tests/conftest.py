@@ -54,6 +54,7 @@ REQUIREMENTS = {
     "needs_bpf": _missing_bpf,
     "needs_broker": lambda: _missing_binary("mosquitto", "mosquitto_passwd", "openssl"),
     "needs_prometheus": lambda: _missing_binary("prometheus", "promtool"),
+    "needs_containers": lambda: _missing_binary("runc", "mmdebstrap", "systemd-nspawn", "nsenter"),
 }
 
 

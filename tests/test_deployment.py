@@ -1,6 +1,7 @@
 """Deployment files: the systemd unit (verified by systemd-analyze, installed by its script) and the
-LinuxKit package and image YAML (keys checked against LinuxKit's own schema; no Docker engine
-here, so the image is not built: its files' structure is what these tests hold to).
+LinuxKit package and image YAML (keys checked against LinuxKit's own schema). Their structure is
+what these tests hold to; both run for real in tests/test_linuxkit_runc.py (the image's root,
+under runc) and tests/test_systemd_nspawn.py (the unit, under systemd in a container).
 """
 
 from __future__ import annotations
@@ -203,9 +204,14 @@ def _label() -> dict[str, Any]:
 
 def _effective() -> dict[str, Any]:
     """The service as LinuxKit runs it: the image label's config, each key the YAML gives
-    replacing the label's (moby/config.go assign*), binds.add appended."""
-    merged = {**_label(), **_service()}
-    merged["binds"] = [*merged.get("binds", []), *merged.pop("binds.add", [])]
+    replacing the label's (moby/config.go assign*). The YAML's `binds` replaces the label's and
+    its own `binds.add`; without it, `binds.add` is appended to the label's.
+    (tests/test_lk2oci.py holds linuxkit/lk2oci.py to all of LinuxKit's rules.)"""
+    service = _service()
+    merged = {**_label(), **service}
+    if "binds" not in service:
+        merged["binds"] = [*merged.get("binds", []), *service.get("binds.add", [])]
+    merged.pop("binds.add", None)
     return merged
 
 
@@ -282,6 +288,8 @@ def _required_host_paths(paths: KernelPaths) -> dict[str, tuple[str, bool]]:
         "/sys/fs/cgroup": ("cgroup id -> path -> service (the whole hierarchy)", False),
         Config().state_dir: ("state_dir (the MQTT spool)", True),
         str(audit.DEFAULT_STATE_DIR): ("the audit-enable lease", True),
+        # LinuxKit puts a placeholder in every image; the host's resolves names.
+        "/etc/resolv.conf": ("name resolution: an MQTT broker named by host name", False),
     }
 
 
@@ -340,16 +348,23 @@ def test_kernel_bcc_in_init_matches_the_kernel() -> None:
     assert f"linuxkit/kernel-bcc:{kernel_tag}" in image["init"]
 
 
-def test_dockerfile_is_multi_stage_from_linuxkit_alpine_to_scratch() -> None:
+def test_dockerfile_builds_the_root_with_the_tested_recipe_into_scratch() -> None:
     text = (PKG / "Dockerfile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.MULTILINE | re.IGNORECASE)
-    stages = {name for _, name in froms if name}
 
-    assert all(re.fullmatch(r"linuxkit/alpine:[0-9a-f]{40}", image) for image, _ in froms[:-1])
-    assert froms[-1] == ("scratch", "")
+    assert froms == [("debian:bookworm", "build"), ("scratch", "")]
+    # The root is what ./mkroot makes (tests/test_linuxkit_runc.py builds it the same way).
+    assert re.search(r"^COPY mkroot /mkroot$", text, re.MULTILINE)
+    assert re.search(r"^RUN /mkroot all /out /src$", text, re.MULTILINE)
+    assert (PKG / "mkroot").stat().st_mode & 0o111, "mkroot must be executable"
     final = text[text.rindex("FROM scratch") :]
-    assert set(re.findall(r"COPY --from=(\S+)", final)) == stages
-    assert re.search(r"apk add .*\bpy3-bcc\b", text, re.DOTALL)
-    cmd = re.findall(r"^CMD (\[.*\])", final, re.MULTILINE)[-1]
-    assert yaml.safe_load(cmd)[-4:] == ["/usr/bin/bpf-auditd", "run", "--config", CONFIG_PATH]
-    assert f"/out{CONFIG_PATH}" in text, "the image must hold the config its CMD names"
+    assert re.findall(r"^COPY --from=(\S+) /out/ /$", final, re.MULTILINE) == ["build"]
+    # No init in front of the daemon: with pid: host it is not PID 1.
+    assert "ENTRYPOINT" not in final
+    cmd = re.findall(r"^CMD (\[.*\])$", final, re.MULTILINE)
+    assert [yaml.safe_load(c) for c in cmd] == [
+        ["/usr/local/bin/bpf-auditd", "run", "--config", CONFIG_PATH]
+    ]
+    recipe = (PKG / "mkroot").read_text()
+    assert '"$out/usr/local/bin/bpf-auditd"' in recipe
+    assert f'"$out{CONFIG_PATH}"' in recipe, "the image must hold the config its CMD names"
