@@ -27,6 +27,8 @@ DEPTH: Final = 20  # ADV_DEPTH
 NAME: Final = 64  # ADV_NAME
 SOCKADDR: Final = 128  # ADV_SOCKADDR: bind/connect addresses are read into path2
 ARG_NONE: Final = 0xFF
+WHOLE_PATH: Final = 1
+WHOLE_PATH2: Final = 2
 
 # Cgroup decisions in adv_cgroups.
 IGNORED: Final = 0
@@ -75,6 +77,7 @@ class FsSpec:
     flags: int | None = None
     mode: int | None = None
     fd: int | None = None
+    whole: int = 0  # WHOLE_*: paths told apart whole (they name what the call made)
 
 
 # The syscalls whose successful calls Landlock would check (and bind/connect for its TCP port
@@ -87,21 +90,21 @@ FS_SPECS: Final[dict[str, FsSpec]] = {
     "openat2": FsSpec(FsKind.OPENAT2, dfd=0, path=1),
     "execve": FsSpec(FsKind.EXEC, path=0),
     "execveat": FsSpec(FsKind.EXEC, dfd=0, path=1, flags=4),
-    "mkdir": FsSpec(FsKind.PATH, path=0),
-    "mkdirat": FsSpec(FsKind.PATH, dfd=0, path=1),
+    "mkdir": FsSpec(FsKind.PATH, path=0, whole=WHOLE_PATH),
+    "mkdirat": FsSpec(FsKind.PATH, dfd=0, path=1, whole=WHOLE_PATH),
     "unlink": FsSpec(FsKind.PATH, path=0),
     "unlinkat": FsSpec(FsKind.PATH, dfd=0, path=1, flags=2),
     "rmdir": FsSpec(FsKind.PATH, path=0),
-    "rename": FsSpec(FsKind.PATH, path=0, path2=1),
-    "renameat": FsSpec(FsKind.PATH, dfd=0, path=1, dfd2=2, path2=3),
-    "renameat2": FsSpec(FsKind.PATH, dfd=0, path=1, dfd2=2, path2=3),
-    "link": FsSpec(FsKind.PATH, path=0, path2=1),
-    "linkat": FsSpec(FsKind.PATH, dfd=0, path=1, dfd2=2, path2=3),
-    "symlink": FsSpec(FsKind.PATH, path2=1),
-    "symlinkat": FsSpec(FsKind.PATH, dfd2=1, path2=2),
-    "mknod": FsSpec(FsKind.PATH, path=0, mode=1),
-    "mknodat": FsSpec(FsKind.PATH, dfd=0, path=1, mode=2),
-    "truncate": FsSpec(FsKind.PATH, path=0),
+    "rename": FsSpec(FsKind.PATH, path=0, path2=1, whole=WHOLE_PATH2),
+    "renameat": FsSpec(FsKind.PATH, dfd=0, path=1, dfd2=2, path2=3, whole=WHOLE_PATH2),
+    "renameat2": FsSpec(FsKind.PATH, dfd=0, path=1, dfd2=2, path2=3, whole=WHOLE_PATH2),
+    "link": FsSpec(FsKind.PATH, path=0, path2=1, whole=WHOLE_PATH2),
+    "linkat": FsSpec(FsKind.PATH, dfd=0, path=1, dfd2=2, path2=3, whole=WHOLE_PATH2),
+    "symlink": FsSpec(FsKind.PATH, path2=1, whole=WHOLE_PATH2),
+    "symlinkat": FsSpec(FsKind.PATH, dfd2=1, path2=2, whole=WHOLE_PATH2),
+    "mknod": FsSpec(FsKind.PATH, path=0, mode=1, whole=WHOLE_PATH),
+    "mknodat": FsSpec(FsKind.PATH, dfd=0, path=1, mode=2, whole=WHOLE_PATH),
+    "truncate": FsSpec(FsKind.PATH, path=0, whole=WHOLE_PATH),
     "ftruncate": FsSpec(FsKind.FD, fd=0),
     "bind": FsSpec(FsKind.SOCKADDR),
     "connect": FsSpec(FsKind.SOCKADDR),
@@ -252,6 +255,7 @@ def fill_fs_specs(table: Any) -> None:
             index(spec.flags),
             index(spec.mode),
             index(spec.fd),
+            spec.whole,
         )
         table[ctypes.c_uint32(NUMBERS[name])] = leaf
 

@@ -16,8 +16,9 @@
  * ADV_DEPTH components of ADV_NAME bytes: paths as the service sees them.
  *
  * Sent once per cgroup: an open of the same file (dentry, mount) with the same access, an exec
- * of the same file by the same path, a path change of the same kind in the same directories (a
- * hash of the strings up to their last '/'), a bind of the same port. Repeats are only counted
+ * of the same file by the same path, a path change of the same kind on the same paths (hashes
+ * of the strings; only up to their last '/' where the right is on the directory alone: what
+ * unlink removed, a rename's source), a bind of the same port or unix socket path. Repeats are only counted
  * (adv_seen, an LRU: an evicted entry is sent again, nothing is lost). A record the ring buffer
  * cannot take is counted and its key forgotten, so the next access sends it again.
  *
@@ -50,6 +51,11 @@
 #define ADV_FS_FD 6
 #define ADV_FS_SOCKADDR 7
 #define ADV_ARG_NONE 0xff
+/* A path that names what the call made or changed (mkdir's, a rename's target, truncate's) is
+ * told apart whole: each is reported, so user space knows what the service created. Others
+ * (what unlink removed, a rename's source) only by their directory, where the right is. */
+#define ADV_WHOLE_PATH 1
+#define ADV_WHOLE_PATH2 2
 
 /* Walk flags (mirrored by probes/advise.py). */
 #define ADV_WALK_TRUNCATED 1 /* deeper than ADV_DEPTH: the top is missing */
@@ -76,6 +82,7 @@ struct adv_fs_spec {
     u8 flags;
     u8 mode;
     u8 fd;
+    u8 whole; /* ADV_WHOLE_*: which path is told apart whole, not by its directory */
 };
 
 struct adv_walk {
@@ -354,12 +361,12 @@ static __always_inline void adv_fs_exit(const void *regs, long nr, long ret, u64
         if (spec->path < 6) {
             dentry = adv_base(s->path1, (s64)adv_arg_or(args, spec->dfd, ADV_AT_FDCWD), task,
                               &mnt);
-            hash1 = 2;
+            hash1 = spec->whole & ADV_WHOLE_PATH ? 1 : 2;
         }
         if (spec->path2 < 6) {
             dentry2 = adv_base(s->path2, (s64)adv_arg_or(args, spec->dfd2, ADV_AT_FDCWD),
                                task, &mnt2);
-            hash2 = 2;
+            hash2 = spec->whole & ADV_WHOLE_PATH2 ? 1 : 2;
         }
         key.a = (u64)dentry ^ ((u64)dentry2 << 1);
         key.access = (u32)(adv_arg_or(args, spec->flags, 0) & ADV_AT_REMOVEDIR) |
@@ -381,7 +388,7 @@ static __always_inline void adv_fs_exit(const void *regs, long nr, long ret, u64
             bpf_probe_read_kernel_str(s->path1, ADV_SOCKADDR - 2, &s->path2[2]);
             dentry2 = adv_base(s->path1, ADV_AT_FDCWD, task, &mnt2);
             key.a = (u64)dentry2;
-            hash1 = 2;
+            hash1 = 1;
         } else {
             return;
         }
@@ -391,7 +398,7 @@ static __always_inline void adv_fs_exit(const void *regs, long nr, long ret, u64
     if (hash1)
         key.b ^= adv_hash(s->path1, hash1 == 2);
     if (hash2)
-        key.b ^= adv_hash(s->path2, 1) << 1;
+        key.b ^= adv_hash(s->path2, hash2 == 2) << 1;
 
     u64 now = bpf_ktime_get_ns();
     struct adv_seen_value *seen = adv_seen.lookup(&key);

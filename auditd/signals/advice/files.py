@@ -248,7 +248,8 @@ def _socket(r: FileRecord, files: HostFiles) -> list[Access] | None:
     target = _resolve(r.path1, r.walk2) if r.path1 else None
     if target is None:
         return None
-    return [FileAccess(_parent(target), "make_sock", f"bind unix {os.path.basename(target)}")]
+    name = os.path.basename(target)
+    return [FileAccess(_parent(target), "make_sock", f"bind unix {name}"), Created(target)]
 
 
 Handler = Callable[[FileRecord, HostFiles], list[Access] | None]
