@@ -173,3 +173,33 @@ def test_formats_choose_what_is_observed() -> None:
     assert only_landlock.names() == ("files",)
     assert parts_for(("linuxkit",)).names() == ("capabilities",)
     assert parts_for(("yaml",)).names() == ("capabilities", "syscalls", "files")
+
+
+# -- no cost while not advising ----------------------------------------------------------------
+
+
+def test_only_the_advise_command_loads_the_advise_probes() -> None:
+    from test_architecture import ROOT, import_graph
+
+    graph = import_graph(ROOT)
+    users = {m for m, imports in graph.items() if "auditd.signals.advice.observer" in imports}
+    assert users == {"auditd.commands.advise"}
+    assert "auditd.commands.advise" not in graph["auditd.daemon.wiring"]
+
+
+@pytest.mark.needs_btf
+def test_the_daemons_probe_set_has_no_advise_program() -> None:
+    import structlog
+
+    from auditd.config.schema import Config
+    from auditd.daemon.wiring import build_monitors, build_probe_set
+    from auditd.kernel.cgroups import CgroupResolver
+    from auditd.kernel.paths import KernelPaths
+    from auditd.model.labels import LabelCap
+
+    config = Config()
+    monitors = build_monitors(config, CgroupResolver(None), LabelCap(1))
+    probes = build_probe_set(config, monitors, KernelPaths(), structlog.get_logger())
+
+    assert {s.name for s in probes.specs} == {"denials", "namespaces", "allocations"}
+    assert "adv_" not in probes.text
