@@ -89,8 +89,18 @@ static __always_inline void adv_stat(u32 slot)
         (*n)++;
 }
 
-/* Whether the current cgroup is observed: advised, or new and not decided yet. */
-static __always_inline int adv_observed(u64 cgroup)
+/* The last cgroup each CPU looked up, and the decision then: the same task makes many syscalls
+ * in a row, so most lookups are two array reads instead of a hash lookup. User space bumps
+ * adv_generation after changing decisions, which invalidates every CPU's entry. */
+struct adv_last {
+    u64 cgroup;
+    u32 generation;
+    u32 observed;
+};
+BPF_PERCPU_ARRAY(adv_last, struct adv_last, 1);
+BPF_ARRAY(adv_generation, u32, 1);
+
+static __always_inline int adv_decide(u64 cgroup)
 {
     u8 *state = adv_cgroups.lookup(&cgroup);
     if (state)
@@ -103,6 +113,24 @@ static __always_inline int adv_observed(u64 cgroup)
         return *state != ADV_IGNORED;
     adv_stat(ADV_STAT_CGROUPS_FULL);
     return 0;
+}
+
+/* Whether a cgroup is observed: advised, or new and not decided yet. */
+static __always_inline int adv_observed(u64 cgroup)
+{
+    u32 zero = 0;
+    u32 *generation = adv_generation.lookup(&zero);
+    struct adv_last *last = adv_last.lookup(&zero);
+    if (!generation || !last)
+        return adv_decide(cgroup);
+    u32 now = *generation; /* read before the decision: a later bump refreshes it */
+    if (last->cgroup == cgroup && last->generation == now)
+        return last->observed;
+    int observed = adv_decide(cgroup);
+    last->cgroup = cgroup;
+    last->generation = now;
+    last->observed = observed;
+    return observed;
 }
 
 #ifdef ADV_OFF_THREAD_STATUS
@@ -264,11 +292,11 @@ int adv_enter(struct bpf_raw_tracepoint_args *ctx)
     if (!adv_observed(cgroup))
         return 0;
     long nr = (long)ctx->args[1];
-#if ADV_SYSCALLS
     if (adv_compat()) {
         adv_stat(ADV_STAT_COMPAT);
         return 0;
     }
+#if ADV_SYSCALLS
     struct adv_sys *sys = adv_sys_of(cgroup);
     if (sys && nr >= 0 && nr < ADV_NR)
         __sync_fetch_and_add(&sys->used[nr], 1);
@@ -283,24 +311,24 @@ int adv_enter(struct bpf_raw_tracepoint_args *ctx)
 #if ADV_EXIT
 int adv_exit(struct bpf_raw_tracepoint_args *ctx)
 {
+    u64 cgroup = bpf_get_current_cgroup_id();
+    if (!adv_observed(cgroup) || adv_compat())
+        return 0;
     const void *regs = (const void *)ctx->args[0];
     long ret = (long)ctx->args[1];
     long nr = (long)adv_reg(regs, OFF_PT_REGS_ORIG_AX);
     int refused = ret == -AUDITD_EPERM || ret == -AUDITD_EACCES;
-    int ns = 0;
+    int ns = 0, exec = 0;
 #if ADV_SYSCALLS
     ns = (ret == 0 && (nr == ADV_NR_UNSHARE || nr == ADV_NR_SETNS)) ||
          (ret > 0 && (nr == ADV_NR_CLONE || nr == ADV_NR_CLONE3));
-    int exec = ret == 0 && (nr == ADV_NR_EXECVE || nr == ADV_NR_EXECVEAT);
+    exec = ret == 0 && (nr == ADV_NR_EXECVE || nr == ADV_NR_EXECVEAT);
 #endif
     int files = 0;
 #if ADV_FILES
     files = adv_fs_hooked(nr);
 #endif
     if (!refused && !ns && !files && !exec)
-        return 0;
-    u64 cgroup = bpf_get_current_cgroup_id();
-    if (!adv_observed(cgroup) || adv_compat())
         return 0;
 #if ADV_SYSCALLS
     struct adv_sys *sys = adv_sys_of(cgroup);

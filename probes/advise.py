@@ -229,9 +229,11 @@ def cflags(
     )
 
 
-def raw_tracepoints(*, caps: bool, exits: bool) -> tuple[tuple[str, str], ...]:
-    """(function, raw tracepoint) pairs; sys_exit only when something is read there."""
-    attach = [("adv_enter", "sys_enter")]
+def raw_tracepoints(*, caps: bool, enters: bool, exits: bool) -> tuple[tuple[str, str], ...]:
+    """(function, raw tracepoint) pairs: only the hooks something is read at."""
+    attach = []
+    if enters:
+        attach.append(("adv_enter", "sys_enter"))
     if exits:
         attach.append(("adv_exit", "sys_exit"))
     if caps:
@@ -265,6 +267,7 @@ class Maps:
 
     def __init__(self, table: Any, *, syscalls: bool, files: bool, caps: bool) -> None:
         self._cgroups = table("adv_cgroups")
+        self._generation = table("adv_generation")
         self._stats = table("adv_stats")
         self._drops = table(DROPS)
         self._caps = table("adv_caps") if caps else None
@@ -273,6 +276,11 @@ class Maps:
 
     def decide(self, cgroup: int, state: int) -> None:
         self._cgroups[ctypes.c_uint64(cgroup)] = ctypes.c_uint8(state)
+
+    def bump(self) -> None:
+        """Make every CPU look its cached decision up again (after decide/forget)."""
+        slot = ctypes.c_uint32(0)
+        self._generation[slot] = ctypes.c_uint32((self._generation[slot].value + 1) & 0xFFFFFFFF)
 
     def forget_cgroup(self, cgroup: int) -> None:
         with contextlib.suppress(KeyError):

@@ -23,10 +23,12 @@ from typing import Any
 import pytest
 import yaml
 from _advise import Advise, Session, build_workload, cgroups, confined, free_low_port, run_in
+from _workload import scratch_cgroup
 from test_deployment import _check_image_keys
 
 from auditd.commands.confine import build_filter
 from auditd.model.capabilities import NAMES as CAPABILITIES
+from auditd.signals.advice.capabilities import Certainty
 
 pytestmark = [pytest.mark.needs_bpf, pytest.mark.needs_btf]
 
@@ -351,3 +353,31 @@ def test_linuxkit_lists_pass_the_image_yaml_checks(session: Session) -> None:
 def test_advise_probes_are_gone_after_advise(session: Session) -> None:
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True)
     assert not re.search(r"name adv_(enter|exit|cap)\b", out.stdout)
+
+
+# -- each part alone (what a single format needs) ----------------------------------------------
+
+
+@pytest.mark.parametrize("part", ["capabilities", "syscalls", "files"])
+def test_each_part_observes_alone(session: Session, part: str) -> None:
+    import structlog
+
+    from auditd.kernel.paths import KernelPaths
+    from auditd.signals.advice.observer import Observer, Parts
+
+    parts = Parts(**{name: name == part for name in ("capabilities", "syscalls", "files")})
+    with scratch_cgroup("bpf-auditd-advise-part") as cgroup:
+        observer = Observer(KernelPaths(), structlog.get_logger(), parts=parts, pattern=cgroup.name)
+        observer.start()
+        try:
+            result = run_in(cgroup, [str(session.binary), "bind", str(session.port)])
+        finally:
+            observation = observer.finish()
+    assert result.returncode == 0, result.stderr
+    assert observation.parts == (part,)
+    [seen] = observation.services
+    certain = {c.capability for c in seen.capabilities if c.certainty is Certainty.CERTAIN}
+    assert ("CAP_NET_BIND_SERVICE" in certain) == (part == "capabilities")
+    assert ("bind" in seen.syscalls) == (part == "syscalls")
+    assert ((session.port, "bind_tcp") in seen.ports) == (part == "files")
+    assert ((str(session.binary), "execute") in seen.files) == (part == "files")

@@ -108,6 +108,7 @@ class Observer:
         self._failure: BaseException | None = None
         self._started_ns = 0
         self._polls = 0
+        self._dirty = False  # decisions written since the last generation bump
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -145,7 +146,9 @@ class Observer:
                     *self.layout.cflags,
                 ),
                 raw_tracepoints=probe.raw_tracepoints(
-                    caps=self.parts.capabilities, exits=self._exits
+                    caps=self.parts.capabilities,
+                    enters=self.parts.syscalls or self.parts.files,
+                    exits=self._exits,
                 ),
             )
         )
@@ -168,6 +171,8 @@ class Observer:
             self.resolver.rescan()
             for cgroup_id in self.resolver.known():
                 self._decide(cgroup_id)
+            self._require_maps().bump()
+            self._dirty = False
             probes.start(self._deliver, self._failed)
         except BaseException:
             self.close()
@@ -203,6 +208,7 @@ class Observer:
         cgroup = self._cgroups[cgroup_id] = _Cgroup(path or f"id:{cgroup_id}", service, advised)
         maps = self._require_maps()
         maps.decide(cgroup_id, probe.ADVISED if advised else probe.IGNORED)
+        self._dirty = True
         if not advised:
             maps.forget_syscalls(cgroup_id)
         else:
@@ -230,6 +236,7 @@ class Observer:
             ):  # gone: keep the table small
                 maps.forget_cgroup(cgroup_id)
                 self._cgroups.pop(cgroup_id, None)
+                self._dirty = True
         now = time.time_ns()
         for cgroup_id, use in maps.syscalls():
             cgroup = self._cgroups.get(cgroup_id) or self._decide(cgroup_id)
