@@ -208,6 +208,6 @@ def confined(
         check=False,
     )
     last = (result.stderr.strip().splitlines() or [""])[-1]
-    if "confine:" in last:
+    if "confine:" in last and result.returncode == 1:  # the launcher's exec was refused
         return "exec", last
     return STEPS.get(result.returncode, f"exit {result.returncode}"), last

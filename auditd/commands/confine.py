@@ -10,6 +10,7 @@ what the caller sees; a launcher failure is one line and exit 1 (refused) or 2 (
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -177,4 +178,9 @@ def confine(
     try:
         os.execvp(command[0], list(command))
     except OSError as exc:
-        raise ConfineError(f"{command[0]}: {exc.strerror}") from None
+        if seccomp_filter is None:
+            raise ConfineError(f"{command[0]}: {exc.strerror}") from None
+        # Under the filter an orderly interpreter exit may need refused syscalls: leave now.
+        with contextlib.suppress(OSError):
+            os.write(2, f"bpf-auditd: confine: {command[0]}: {exc.strerror}\n".encode())
+        os._exit(1)
