@@ -381,3 +381,38 @@ def test_each_part_observes_alone(session: Session, part: str) -> None:
     assert ("bind" in seen.syscalls) == (part == "syscalls")
     assert ((session.port, "bind_tcp") in seen.ports) == (part == "files")
     assert ((str(session.binary), "execute") in seen.files) == (part == "files")
+
+
+def test_cgroups_made_while_advising_are_decided_from_their_first_syscall(
+    session: Session,
+) -> None:
+    import structlog
+
+    from auditd.kernel.paths import KernelPaths
+    from auditd.signals.advice.observer import Observer
+
+    prefix = f"bpf-auditd-advise-late-{uuid.uuid4().hex[:6]}"
+    observer = Observer(KernelPaths(), structlog.get_logger(), pattern=f"{prefix}-*")
+    observer.start()
+    try:
+        with scratch_cgroup(prefix) as late, scratch_cgroup("bpf-auditd-advise-other") as other:
+            busy = subprocess.Popen(
+                ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec timeout 1.5 cat /dev/zero',
+                 str(other)],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            result = run_in(late, [str(session.binary), "bind", str(session.port)])
+            for _ in range(3):
+                time.sleep(0.3)
+                observer.poll()
+            # The cgroup advise leaves alone keeps no syscall counts, however busy it is.
+            kept = {cgroup for cgroup, _ in observer._require_maps().syscalls()}
+            assert other.stat().st_ino not in kept
+            busy.wait(timeout=60)
+    finally:
+        observation = observer.finish()
+    assert result.returncode == 0, result.stderr
+    [seen] = observation.services
+    assert seen.service == late.name
+    assert "execve" in seen.syscalls  # the exec right after joining the cgroup
+    assert (str(session.binary), "execute") in seen.files

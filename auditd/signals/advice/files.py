@@ -83,6 +83,8 @@ class HostFiles:
     def interpreter(self, executable: str, pid: int) -> str | None:
         """An ELF file's PT_INTERP, or a script's `#!` interpreter; None for neither."""
         if executable not in self._interp:
+            if len(self._interp) >= 4096:  # bounded: forget, at worst read again
+                self._interp.clear()
             self._interp[executable] = _interpreter(self._open(executable, pid))
         return self._interp[executable]
 

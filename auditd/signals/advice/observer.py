@@ -28,6 +28,10 @@ from probes import advise as probe
 from probes.runtime import DropKind, ProbeSet, ProbeSpec
 from probes.syscalls import name as syscall_name
 
+# Bounds on what a flood of distinct file accesses can make this process hold.
+MAX_PENDING = 65536  # records waiting for the next poll
+MAX_ACCESSES = 262144  # distinct file accesses kept
+
 _STAT_PROBLEMS = {
     probe.Stat.CGROUPS_FULL: "new cgroups not observed: the cgroup table was full",
     probe.Stat.STACK_FAILED: "capability checks with no kernel stack (classified unknown)",
@@ -108,7 +112,7 @@ class Observer:
         self._failure: BaseException | None = None
         self._started_ns = 0
         self._polls = 0
-        self._dirty = False  # decisions written since the last generation bump
+        self._lost = 0  # file records over MAX_PENDING or MAX_ACCESSES
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -171,8 +175,6 @@ class Observer:
             self.resolver.rescan()
             for cgroup_id in self.resolver.known():
                 self._decide(cgroup_id)
-            self._require_maps().bump()
-            self._dirty = False
             probes.start(self._deliver, self._failed)
         except BaseException:
             self.close()
@@ -185,8 +187,12 @@ class Observer:
             self._probes = None
 
     def _deliver(self, batch: list[object]) -> None:
+        """From the reader thread; bounded, whatever the services do between two polls."""
         with self._records_lock:
-            self._records.extend(r for r in batch if isinstance(r, FileRecord))
+            room = MAX_PENDING - len(self._records)
+            records = [r for r in batch if isinstance(r, FileRecord)]
+            self._records.extend(records[: max(0, room)])
+            self._lost += max(0, len(records) - max(0, room))
 
     def _failed(self, exc: BaseException) -> None:
         self._failure = exc
@@ -208,7 +214,7 @@ class Observer:
         cgroup = self._cgroups[cgroup_id] = _Cgroup(path or f"id:{cgroup_id}", service, advised)
         maps = self._require_maps()
         maps.decide(cgroup_id, probe.ADVISED if advised else probe.IGNORED)
-        self._dirty = True
+        maps.bump()  # every CPU's cached decision is stale now
         if not advised:
             maps.forget_syscalls(cgroup_id)
         else:
@@ -236,11 +242,12 @@ class Observer:
             ):  # gone: keep the table small
                 maps.forget_cgroup(cgroup_id)
                 self._cgroups.pop(cgroup_id, None)
-                self._dirty = True
+                maps.bump()
         now = time.time_ns()
         for cgroup_id, use in maps.syscalls():
             cgroup = self._cgroups.get(cgroup_id) or self._decide(cgroup_id)
-            if not cgroup.advised:
+            if not cgroup.advised:  # counted while a CPU still had it pending: drop again
+                maps.forget_syscalls(cgroup_id)
                 continue
             for nr in range(probe.NR):
                 calls = use.used[nr]
@@ -254,18 +261,21 @@ class Observer:
         with self._records_lock:
             records, self._records = self._records, []
         for record in records:
-            if self._decide(record.cgroup_id).advised:
-                self._found[record.key] = (
-                    record.cgroup_id,
-                    accesses(record, self.files),
-                    record.time_ns,
-                )
+            if not self._decide(record.cgroup_id).advised:
+                continue
+            if record.key not in self._found and len(self._found) >= MAX_ACCESSES:
+                self._lost += 1
+                continue
+            found = accesses(record, self.files)
+            self._found[record.key] = (record.cgroup_id, found, record.time_ns)
 
     # -- the end ---------------------------------------------------------------------------
 
     def finish(self) -> Observation:
         """Last poll, read everything, detach: the observation of every advised service."""
         try:
+            if self._probes is not None:
+                self._probes.stop()  # hands over what the ring buffer still holds
             self.poll()
             maps = self._require_maps()
             ended = time.time_ns()
@@ -324,6 +334,8 @@ class Observer:
 
     def _kernel_problems(self, maps: probe.Maps) -> list[str]:
         found = []
+        if self._lost:
+            found.append(f"{self._lost} file records over this process's bounds (not advised)")
         for stat, n in maps.stats().items():
             if n and stat in _STAT_PROBLEMS:
                 found.append(f"{n} {_STAT_PROBLEMS[stat]}")
