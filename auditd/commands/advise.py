@@ -106,6 +106,8 @@ def write(
     for advice in advices:
         names = render.file_names(advice.service)
         for fmt in request.formats:
+            if fmt == "landlock" and advice.ruleset is None:
+                continue  # files were not observed (the log says why): no ruleset to apply
             text = render.render(advice, fmt, known)
             if output is None:
                 sys.stdout.write(f"# ---- {advice.service}: {fmt}\n{text}")

@@ -199,6 +199,7 @@ def document(a: Advice) -> dict[str, Any]:
         "capabilities": {
             "bounding_set": list(a.bounding_set),
             "ambient": list(a.ambient),
+            "ran_as_root": a.root,
             "certain": list(a.certain(Certainty.CERTAIN)),
             "may_be_probes": list(a.certain(Certainty.UNKNOWN)),
             "probes_only": list(a.certain(Certainty.PROBE)),
