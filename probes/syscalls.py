@@ -1,4 +1,6 @@
-"""x86_64 syscall numbers and names (the kernel's syscall ABI table, stable by design)."""
+"""x86_64 syscall numbers and names (arch/x86/entry/syscalls/syscall_64.tbl, stable by design;
+up to Linux 6.18). tests/test_syscalls.py holds it to the running kernel's tracepoints and to
+libseccomp."""
 
 from __future__ import annotations
 
@@ -338,6 +340,8 @@ NAMES: dict[int, str] = {
     332: "statx",
     333: "io_pgetevents",
     334: "rseq",
+    335: "uretprobe",
+    336: "uprobe",
     424: "pidfd_send_signal",
     425: "io_uring_setup",
     426: "io_uring_enter",
@@ -365,7 +369,7 @@ NAMES: dict[int, str] = {
     448: "process_mrelease",
     449: "futex_waitv",
     450: "set_mempolicy_home_node",
-    451: "syscalls",
+    451: "cachestat",
     452: "fchmodat2",
     453: "map_shadow_stack",
     454: "futex_wake",
@@ -382,8 +386,20 @@ NAMES: dict[int, str] = {
     465: "listxattrat",
     466: "removexattrat",
     467: "open_tree_attr",
+    468: "file_getattr",
+    469: "file_setattr",
 }
 NUMBERS: dict[str, int] = {name: nr for nr, name in NAMES.items()}
+# Syscall tracepoints (events/syscalls/sys_enter_*) named after the kernel function, not the
+# table: tracepoint name -> syscall name.
+TRACEPOINT_NAMES: dict[str, str] = {
+    "newfstat": "fstat",
+    "newlstat": "lstat",
+    "newstat": "stat",
+    "newuname": "uname",
+    "sendfile64": "sendfile",
+    "umount": "umount2",
+}
 
 
 def name(number: int) -> str:

@@ -1,5 +1,5 @@
 """Command line: `bpf-auditd run | doctor | check-config | check-policy | learn | dump-bpf |
-allocmap | policy publish`.
+allocmap | policy publish | advise | confine`.
 
 Only this module chooses exit codes: 0 fine, 1 the daemon failed at run time, 2 the operator's
 input (arguments, config) is unusable. Errors are one line on stderr, never a traceback.
@@ -87,6 +87,37 @@ def parser() -> argparse.ArgumentParser:
 
     policy = sub.add_parser("policy", help="policies for a fleet: publish to a TUF repository")
     publish.add_parser(policy.add_subparsers(dest="policy_command", required=True, metavar="STEP"))
+    advise = sub.add_parser(
+        "advise",
+        parents=[kernel],
+        help="observe services, write the least privilege each used (capabilities, syscalls, "
+        "namespaces, Landlock ruleset)",
+    )
+    advise.add_argument(
+        "--duration", type=_duration, required=True, help="how long to observe (SIGTERM ends early)"
+    )
+    advise.add_argument("--service", help="only services (or cgroup paths) matching this glob")
+    advise.add_argument(
+        "--format",
+        action="append",
+        help="systemd, linuxkit, oci-seccomp, landlock, yaml (repeat or comma-separate; all)",
+    )
+    advise.add_argument("--output", type=Path, help="directory to write into (default: stdout)")
+
+    confine = sub.add_parser(
+        "confine", help="run a command under a Landlock ruleset, seccomp profile and capabilities"
+    )
+    confine.add_argument("--ruleset", type=Path, help="Landlock ruleset (advise --format landlock)")
+    confine.add_argument(
+        "--seccomp", type=Path, help="OCI seccomp profile (advise --format oci-seccomp)"
+    )
+    confine.add_argument(
+        "--capabilities",
+        help="keep only these in the bounding set (comma-separated; empty: none)",
+    )
+    confine.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments"
+    )
     return parser
 
 
@@ -158,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             return _allocmap(_load_config(args.config), _paths(args), args)
         if args.command == "policy":
             return _publish(args)
+        if args.command == "advise":
+            return _advise(_paths(args), args)
+        if args.command == "confine":
+            return _confine(args)
         return _run(_load_config(args.config), args.config, _paths(args), args.policy)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -194,6 +229,46 @@ def _allocmap(config: Config, paths: KernelPaths, args: argparse.Namespace) -> i
         )
     except ProbeError as exc:
         return _fail(str(exc).splitlines()[0], EXIT_FAILURE)
+
+
+def _advise(paths: KernelPaths, args: argparse.Namespace) -> int:
+    from auditd.commands import advise
+    from probes.runtime import ProbeError
+
+    try:
+        formats = advise.parse_formats(args.format)
+    except ValueError as exc:
+        return _fail(f"--format: {exc}", EXIT_USAGE)
+    output = args.output
+    if output is not None and not os.access(output if output.exists() else output.parent, os.W_OK):
+        return _fail(f"{output}: cannot write there", EXIT_USAGE)
+    logs.configure(Config().log, stream=sys.stderr)  # stdout carries the advice without --output
+    request = advise.Request(args.duration, args.service, formats, output)
+    try:
+        return advise.run(paths, request, structlog.get_logger("bpf-auditd"))
+    except (ProbeError, RuntimeError, OSError) as exc:
+        return _fail(str(exc).splitlines()[0], EXIT_FAILURE)
+
+
+def _confine(args: argparse.Namespace) -> int:
+    from auditd.commands import confine
+    from auditd.kernel.privileges import last_cap
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    capabilities = None
+    if args.capabilities is not None:
+        capabilities = [c for c in args.capabilities.split(",") if c.strip()]
+    try:
+        confine.confine(
+            command,
+            ruleset=args.ruleset,
+            profile=args.seccomp,
+            capabilities=capabilities,
+            last_cap=last_cap(KernelPaths()) or 40,
+        )
+    except confine.ConfineError as exc:
+        return _fail(f"confine: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILURE)
+    return EXIT_FAILURE  # not reached: confine execs the command or raises
 
 
 def _dump_bpf(config: Config, paths: KernelPaths) -> int:

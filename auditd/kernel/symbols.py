@@ -84,6 +84,16 @@ class KernelSymbols:
             found = self._cache[address] = self._lookup(address)
         return found
 
+    def range_of(self, function: str) -> tuple[int, int] | None:
+        """[start, end) of a kernel text symbol: from its address to the next symbol's. None when
+        names are hidden, or the name is missing or not unique."""
+        with self._lock:
+            self._ensure_loaded()
+        found = [i for i, name in enumerate(self._names) if name == function]
+        if len(found) != 1 or found[0] + 1 >= len(self._starts):
+            return None
+        return self._starts[found[0]], self._starts[found[0] + 1]
+
     def _lookup(self, address: int) -> str:
         at = bisect.bisect_right(self._starts, address) - 1
         if at < 0 or address - self._starts[at] > _MAX_DISTANCE:
