@@ -89,7 +89,7 @@ def linuxkit_base() -> contextlib.AbstractContextManager[Path]:
 def setup_packages() -> list[str]:
     """The Debian packages `scripts/setup` (without --test) installs."""
     text = (ROOT / "scripts" / "setup").read_text()
-    found = re.search(r"^packages=\((.*)\)$", text, re.MULTILINE)
+    found = re.search(r"^packages=\(([^)]*)\)", text, re.MULTILINE)
     if found is None:
         raise AssertionError("scripts/setup: no `packages=(...)` line")
     return [p.replace("$arch", arch()) for p in shlex.split(found.group(1))]
