@@ -54,6 +54,7 @@ REQUIREMENTS = {
     "needs_bpf": _missing_bpf,
     "needs_broker": lambda: _missing_binary("mosquitto", "mosquitto_passwd", "openssl"),
     "needs_prometheus": lambda: _missing_binary("prometheus", "promtool"),
+    "needs_auditd": lambda: _missing_root() or _missing_binary("auditd", "auditctl"),
 }
 
 
