@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from auditd.config.schema import DenialProbeConfig
 from auditd.kernel.cgroups import CgroupResolver
 from auditd.model.event import Source
 from auditd.model.labels import OTHER, LabelCap
+from auditd.signals.denials import decode as decoding
 from auditd.signals.denials.decode import decode
 from auditd.signals.denials.event import Denial
 from auditd.signals.denials.monitor import DenialMonitor, DenialSeries, DenialTotals
@@ -206,3 +209,12 @@ def test_monitor_declares_what_it_yields() -> None:
     monitor = DenialMonitor(DenialProbeConfig(), CgroupResolver(None), LabelCap(1))
     assert [f.name for f in monitor.families()] == [f.name for f in monitor.declared()]
     assert all(not f.samples for f in monitor.declared())
+
+
+def test_the_readme_lists_exactly_the_sources_the_denials_metric_can_have() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `bpf_auditd_denials_"))
+    listed = set(re.findall(r"`(\w+)`", row.partition("source, as the tracepoints tell it:")[2]))
+    possible = {decoding.source_of(n).value for n in decoding.SOURCE_NUMBERS.values()}
+    assert listed == possible
+    assert Source.LANDLOCK.value not in possible  # the kernel cannot tell: README says so

@@ -10,6 +10,7 @@ is passed in.
 
 from __future__ import annotations
 
+import bisect
 import socket
 import threading
 import time
@@ -197,10 +198,15 @@ class _RuleState:
             window = self.windows[key] = _Window()
         else:
             self.windows.move_to_end(key)
-        window.entries.append((t, weight))
-        window.total += weight
-        horizon = t - int(th.window * 1e9)
         entries = window.entries
+        # In time order, whatever the arrival order (a refusal held for its LSM record, or a
+        # summary, arrives after later events): the window and first/last seen follow time.
+        if not entries or t >= entries[-1][0]:
+            entries.append((t, weight))
+        else:
+            entries.insert(bisect.bisect_right(entries, t, key=lambda e: e[0]), (t, weight))
+        window.total += weight
+        horizon = entries[-1][0] - int(th.window * 1e9)
         while entries and entries[0][0] <= horizon:
             window.total -= entries.popleft()[1]
         # Only the newest entries that reach `count` matter: this bounds memory under floods.
@@ -208,7 +214,8 @@ class _RuleState:
             window.total -= entries.popleft()[1]
         if window.total < th.count:
             return None
-        firing = Firing(int(window.total), entries[0][0], t, service, kind, fields, {service})
+        first, last = entries[0][0], entries[-1][0]
+        firing = Firing(int(window.total), first, last, service, kind, fields, {service})
         del self.windows[key]  # the next firing needs `count` new events
         return firing
 
