@@ -177,7 +177,7 @@ class FakeCounters:
 class Resolver(CgroupResolver):
     def __init__(self, paths: dict[int, str], alive: set[int]) -> None:
         super().__init__(None)
-        self._paths.update(paths)
+        self._live = dict(paths)
         self._alive = alive
 
     def alive(self, cgroup_id: int) -> bool:

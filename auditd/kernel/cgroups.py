@@ -2,7 +2,8 @@
 
 `bpf_get_current_cgroup_id()` is the inode number of the task's cgroup v2 directory, so the
 path is found by walking the cgroup2 mount once and caching; a miss triggers a rate-limited
-rescan. Paths of removed cgroups stay cached, so late counters are still attributed.
+rescan. Paths of removed cgroups stay cached for a while (the most recently removed
+`max_removed`), so late counters and records are still attributed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,31 +95,47 @@ def service_of(path: str) -> str:
 
 
 class CgroupResolver:
-    """Thread-safe cache of cgroup id → path (relative to the cgroup2 root, starting with '/')."""
+    """Thread-safe cache of cgroup id → path (relative to the cgroup2 root, starting with '/').
+
+    Bounded: the live cgroups (what the last walk found: the kernel bounds them), plus the
+    `max_removed` most recently removed ones (kept so that counters and records that arrive
+    after a removal are still attributed: the daemon retires a removed cgroup's counters at
+    the next housekeeping pass), plus at most `max_missed` ids no walk found.
+    """
 
     def __init__(
         self,
         root: Path | None,
         *,
         min_rescan_interval: float = 1.0,
+        max_removed: int = 8192,
+        max_missed: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
-        self._paths: dict[int, str] = {}
+        self.max_removed = max_removed
+        self.max_missed = max_missed
+        self._live: dict[int, str] = {}  # replaced whole by each walk
+        self._removed: OrderedDict[int, str] = OrderedDict()  # oldest removal first
         self._lock = threading.Lock()
         self._clock = clock
         self._min_interval = min_rescan_interval
         # Ids a full scan did not find (a cgroup gone before we looked): retried only slowly.
-        self._missed: set[int] = set()
+        self._missed: OrderedDict[int, None] = OrderedDict()
         self._last_scan = float("-inf")
         self.scans = 0
 
     def cached(self, cgroup_id: int) -> str | None:
-        return self._paths.get(cgroup_id)
+        found = self._live.get(cgroup_id)
+        return found if found is not None else self._removed.get(cgroup_id)
 
     def known(self) -> dict[int, str]:
-        """Every cgroup seen so far, id → path (removed ones included)."""
-        return dict(self._paths)
+        """Every cgroup known now, id → path (recently removed ones included)."""
+        with self._lock:
+            return {**self._removed, **self._live}
+
+    def sizes(self) -> dict[str, int]:
+        return {"live": len(self._live), "removed": len(self._removed), "missed": len(self._missed)}
 
     def path(self, cgroup_id: int) -> str | None:
         """The path, rescanning on a miss. Blocks on the walk.
@@ -126,18 +144,20 @@ class CgroupResolver:
         proves nothing, and a new cgroup is found by one walk); ids that a scan already failed
         to find (removed before we looked) rescan at most once per `min_rescan_interval`.
         """
-        found = self._paths.get(cgroup_id)
+        found = self.cached(cgroup_id)
         if found is not None:
             return found
         missed_before = cgroup_id in self._missed
         interval = self._min_interval if missed_before else 0.0
         if self._clock() - self._last_scan >= interval:
             self.rescan()
-            found = self._paths.get(cgroup_id)
+            found = self.cached(cgroup_id)
             if found is None:
-                if len(self._missed) > 65536:  # bounded: forget, at worst rescan again
-                    self._missed.clear()
-                self._missed.add(cgroup_id)
+                with self._lock:
+                    self._missed[cgroup_id] = None
+                    self._missed.move_to_end(cgroup_id)
+                    while len(self._missed) > self.max_missed:  # forgotten: at worst rescan
+                        self._missed.popitem(last=False)
         return found
 
     def service(self, cgroup_id: int) -> str:
@@ -150,7 +170,16 @@ class CgroupResolver:
             if self.root is None:
                 return
             found = _walk(self.root)
-            self._paths.update(found)
+            for cgroup_id, path in self._live.items():
+                if cgroup_id not in found:
+                    self._removed[cgroup_id] = path
+                    self._removed.move_to_end(cgroup_id)
+            for cgroup_id in found:
+                self._removed.pop(cgroup_id, None)
+                self._missed.pop(cgroup_id, None)
+            while len(self._removed) > self.max_removed:
+                self._removed.popitem(last=False)
+            self._live = found
             self.scans += 1
 
     def id_of(self, path: str) -> int | None:
@@ -164,7 +193,7 @@ class CgroupResolver:
 
     def alive(self, cgroup_id: int) -> bool:
         """Whether the cgroup still exists (its directory is there with the same inode)."""
-        rel = self._paths.get(cgroup_id)
+        rel = self.cached(cgroup_id)
         if rel is None or self.root is None:
             return False
         try:

@@ -371,6 +371,14 @@ class PolicyEngine:
         # Rules that can match each kind, in policy order: most rules name their kind.
         self._for_kind: dict[str, list[_RuleState]] = {}
 
+    def sizes(self) -> dict[str, int]:
+        """The most keys any rule tracks, per kind of state (each at most `max_keys`)."""
+        return {
+            "windows": max((len(s.windows) for s in self._rules), default=0),
+            "keys": max((len(s.keys) for s in self._rules), default=0),
+            "limiters": max((len(s.limiters) for s in self._rules), default=0),
+        }
+
     def evaluate(self, event: Event) -> list[Alert]:
         return self.evaluate_fields(event.kind, event.log_fields())
 
