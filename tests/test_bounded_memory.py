@@ -20,8 +20,10 @@ from auditd.config import schema as config_mod
 from auditd.daemon import wiring
 from auditd.daemon.daemon import Daemon
 from auditd.kernel.paths import KernelPaths
+from auditd.signals.allocations.monitor import AllocationMonitor
 from auditd.signals.denials.monitor import DenialMonitor
 from auditd.signals.namespaces.monitor import NamespaceMonitor
+from probes.runtime import DropKind
 
 pytestmark = [pytest.mark.needs_bpf, pytest.mark.needs_btf]
 
@@ -59,7 +61,7 @@ def _config(tmp_path: Path) -> config_mod.Config:
         "metrics:\n  listen: '127.0.0.1:0'\n  max_services: 8\n"
         "housekeeping_interval: 0.5\n"
         "policy:\n  max_keys: 64\n"
-        "probes:\n  allocations:\n    enabled: false\n"
+        "probes:\n  allocations:\n    slots: 256\n"
         "  denials:\n    recent_entries: 64\n  namespaces:\n    recent_entries: 64\n"
     )
     return config_mod.load(path)
@@ -78,8 +80,11 @@ def test_churn_keeps_every_structure_within_its_bound(tmp_path: Path) -> None:
     assert identity is not None
     identity.max_entries = 64
     daemon = Daemon(config, None, paths, parts)
+    allocations = next(m for m in parts.monitors if isinstance(m, AllocationMonitor))
     parent = cgroup2_root() / f"bpf-auditd-churn-{tmp_path.name[-8:]}"
     parent.mkdir()
+
+    kernel: dict[str, int] = {}
 
     async def run() -> None:
         task = asyncio.create_task(daemon.run())
@@ -97,6 +102,13 @@ def test_churn_keeps_every_structure_within_its_bound(tmp_path: Path) -> None:
             )
         assert churn.returncode == 0
         await asyncio.sleep(3)  # housekeeping passes: rescans, retirements, summaries
+        assert daemon.probes is not None
+        assert allocations.ledger is not None
+        kernel["slots owned"] = len(allocations.ledger.tables.owners())
+        kernel["slot drops"] = sum(
+            n for (probe, kind), n in daemon.probes.kernel_drops().items()
+            if probe == "allocations" and kind is DropKind.COUNTER_FULL
+        )  # fmt: skip
         daemon.request_stop()
         await task
 
@@ -116,6 +128,7 @@ def test_churn_keeps_every_structure_within_its_bound(tmp_path: Path) -> None:
         "namespace repeats": len(namespaces.accountant),
         "lsm": parts.lsm.sizes() if parts.lsm is not None else {},
         "policy": parts.alerting.engine.sizes(),
+        "kernel": kernel,
     }
     print(f"\nafter {CHURN} cgroups: {sizes}")
     # The churn really went past the bounds ...
@@ -123,6 +136,7 @@ def test_churn_keeps_every_structure_within_its_bound(tmp_path: Path) -> None:
     assert sizes["resolver"]["removed"] == 64
     # ... and nothing grew beyond them.
     assert sizes["resolver"]["missed"] <= 64
+    assert sizes["resolver"]["dead"] <= 64
     assert sizes["services"] == {"admitted": 8, "folded": 32}
     assert sizes["identity"]["created"] <= 64
     assert sizes["identity"]["scanned"] <= 64 + 16  # stops after the pid that reached it
@@ -131,5 +145,6 @@ def test_churn_keeps_every_structure_within_its_bound(tmp_path: Path) -> None:
     assert sizes["namespace repeats"] <= 2 * 64
     assert all(n <= 4096 for n in sizes["lsm"].values())
     assert all(n <= 64 for n in sizes["policy"].values())
-    for monitor_totals in (denials.totals, namespaces.totals):
-        assert monitor_totals is not None
+    # Kernel maps keyed by cgroup do not fill with dead ones (most never seen by a walk).
+    assert kernel["slots owned"] < 128
+    assert kernel["slot drops"] == 0

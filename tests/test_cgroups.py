@@ -112,7 +112,20 @@ def test_removed_cgroups_are_kept_a_while_then_forgotten(tmp_path: Path) -> None
         if n % 20 == 19:
             resolver.rescan()
         resolver.path(10**12 + n)  # ids no walk will find
-    assert resolver.sizes() == {"live": 1, "removed": 16, "missed": 8}
+    assert resolver.sizes() == {"live": 1, "removed": 16, "missed": 8, "dead": 0}
     assert resolver.cached(ids[-1]) == "/churn-199.scope"  # the latest are still attributed
     assert resolver.cached(ids[0]) is None
     assert len(resolver.known()) == 17
+
+
+def test_cgroups_gone_before_any_walk_are_known_dead_and_bounded(tmp_path: Path) -> None:
+    resolver = CgroupResolver(tmp_path, max_removed=4)
+    resolver.rescan()
+    live = tmp_path / "web.service"
+    live.mkdir()
+    ids = [10**12 + n for n in range(10)]  # read from a kernel map; no walk will find them
+    assert resolver.gone([*ids, os.stat(live).st_ino]) == set(ids)
+    assert resolver.sizes()["dead"] == 4
+    scans = resolver.scans
+    assert resolver.path(ids[-1]) is None
+    assert resolver.scans == scans  # known gone: no walk to look for it

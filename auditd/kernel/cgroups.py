@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,8 @@ class CgroupResolver:
     Bounded: the live cgroups (what the last walk found: the kernel bounds them), plus the
     `max_removed` most recently removed ones (kept so that counters and records that arrive
     after a removal are still attributed: the daemon retires a removed cgroup's counters at
-    the next housekeeping pass), plus at most `max_missed` ids no walk found.
+    the next housekeeping pass), plus at most `max_missed` ids no walk found yet, and
+    `max_removed` ids known to be gone though no walk ever saw them (short-lived cgroups).
     """
 
     def __init__(
@@ -122,6 +123,8 @@ class CgroupResolver:
         self._min_interval = min_rescan_interval
         # Ids a full scan did not find (a cgroup gone before we looked): retried only slowly.
         self._missed: OrderedDict[int, None] = OrderedDict()
+        # Ids of cgroups gone before any walk saw them (`gone`): never looked for again.
+        self._dead: OrderedDict[int, None] = OrderedDict()
         self._last_scan = float("-inf")
         self.scans = 0
 
@@ -135,7 +138,12 @@ class CgroupResolver:
             return {**self._removed, **self._live}
 
     def sizes(self) -> dict[str, int]:
-        return {"live": len(self._live), "removed": len(self._removed), "missed": len(self._missed)}
+        return {
+            "live": len(self._live),
+            "removed": len(self._removed),
+            "missed": len(self._missed),
+            "dead": len(self._dead),
+        }
 
     def path(self, cgroup_id: int) -> str | None:
         """The path, rescanning on a miss. Blocks on the walk.
@@ -145,7 +153,7 @@ class CgroupResolver:
         to find (removed before we looked) rescan at most once per `min_rescan_interval`.
         """
         found = self.cached(cgroup_id)
-        if found is not None:
+        if found is not None or cgroup_id in self._dead:
             return found
         missed_before = cgroup_id in self._missed
         interval = self._min_interval if missed_before else 0.0
@@ -181,6 +189,25 @@ class CgroupResolver:
                 self._removed.popitem(last=False)
             self._live = found
             self.scans += 1
+
+    def gone(self, cgroup_ids: Iterable[int]) -> set[int]:
+        """Of `cgroup_ids` (read from a kernel map just before this call), those whose cgroup
+        no longer exists: a walk started now does not find them. Each existed when it was read
+        and cgroup ids are never reused, so this holds also for cgroups no walk ever saw (a
+        short-lived one, between two walks). Empty without a cgroup2 mount. Blocks on a walk."""
+        ids = set(cgroup_ids)
+        if not ids or self.root is None:
+            return set()
+        self.rescan()
+        with self._lock:
+            dead = {i for i in ids if i not in self._live}
+            for cgroup_id in dead:
+                if cgroup_id not in self._removed:
+                    self._dead[cgroup_id] = None
+                    self._missed.pop(cgroup_id, None)
+            while len(self._dead) > self.max_removed:
+                self._dead.popitem(last=False)
+        return dead
 
     def id_of(self, path: str) -> int | None:
         """The id of the cgroup at a v2 path (its directory's inode); None when it is gone."""
