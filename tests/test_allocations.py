@@ -127,9 +127,7 @@ def test_totals_stay_exact_when_a_removed_cgroup_is_retired(
     assert _series(monitor) == before  # folded into `retired`, not lost, not doubled
 
 
-def test_a_cgroup_gone_before_any_walk_frees_its_slot(
-    tmp_path: Path, tree: dict[str, int]
-) -> None:
+def test_a_cgroup_gone_before_any_walk_frees_its_slot(tmp_path: Path, tree: dict[str, int]) -> None:
     # A short-lived cgroup's slot: its id was read from the kernel before the walk that does not
     # find it, so it is gone (ids are never reused). Its totals stay, under "unknown".
     tables = FakeTables()
