@@ -61,8 +61,7 @@ def _config(tmp_path: Path) -> config_mod.Config:
         "metrics:\n  listen: '127.0.0.1:0'\n  max_services: 8\n"
         "housekeeping_interval: 0.5\n"
         "policy:\n  max_keys: 64\n"
-        "probes:\n  allocations:\n    slots: 256\n"
-        "  denials:\n    recent_entries: 64\n  namespaces:\n    recent_entries: 64\n"
+        "probes:\n  denials:\n    recent_entries: 64\n  namespaces:\n    recent_entries: 64\n"
     )
     return config_mod.load(path)
 
@@ -145,6 +144,7 @@ def test_churn_keeps_every_structure_within_its_bound(tmp_path: Path) -> None:
     assert sizes["namespace repeats"] <= 2 * 64
     assert all(n <= 4096 for n in sizes["lsm"].values())
     assert all(n <= 64 for n in sizes["policy"].values())
-    # Kernel maps keyed by cgroup do not fill with dead ones (most never seen by a walk).
+    # Kernel slots keyed by cgroup do not fill with dead ones (most never seen by a walk):
+    # once the churn is over, only the live cgroups hold one. (Drops may still happen during
+    # it: a cgroup whose hashed slots are all taken at that moment; they are counted.)
     assert kernel["slots owned"] < 128
-    assert kernel["slot drops"] == 0
