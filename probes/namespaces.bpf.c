@@ -12,6 +12,15 @@
  * flood is counted even when its records cannot all be sent; a record that does not fit the
  * ring buffer is counted in ns_drops.
  *
+ * Dedup, as the denial probe does: a record is sent only for a combination not seen within
+ * NS_WINDOW_NS, the combination being the program (cgroup, uid, comm: not the pid, since a
+ * flood is typically thousands of short-lived children making one call each), op, types,
+ * result, escaped types, the types whose namespace before the call was the host's, and the
+ * setns target. Repeats are counted in the window entry (ns_recent, an LRU) and reported with
+ * the next record of the combination (its running count, `seen`) or in a summary user space
+ * writes when the flood stops. An escape, a first move out of the host's namespaces or a new
+ * setns target is never hidden by a flood of other calls: each is a combination of its own.
+ *
  * Escape: a type whose namespace was not PID 1's before the call and is PID 1's after it.
  * PID 1's namespaces are read from its task (found by walking real_parent) into ns_host_table
  * at unshare's entry, so they need no /proc access; user space may write them too.
@@ -21,8 +30,8 @@
  * argument struct per tracepoint. The records of syscall tracepoints are therefore declared
  * here; tests/test_namespaces_probe.py checks them against tracefs.
  *
- * Parameters (-D): NS_COUNTER_ENTRIES, NS_PENDING_ENTRIES, plus those of common.h and task.h
- * (AUDITD_HAVE_FILE_READS for the setns target's inode).
+ * Parameters (-D): NS_COUNTER_ENTRIES, NS_PENDING_ENTRIES, NS_RECENT_ENTRIES, NS_WINDOW_NS, plus
+ * those of common.h and task.h (AUDITD_HAVE_FILE_READS for the setns target's inode).
  */
 #include "common.h"
 #include "task.h"
@@ -32,6 +41,12 @@
 #endif
 #ifndef NS_PENDING_ENTRIES
 #define NS_PENDING_ENTRIES 10240
+#endif
+#ifndef NS_RECENT_ENTRIES
+#define NS_RECENT_ENTRIES 16384
+#endif
+#ifndef NS_WINDOW_NS
+#define NS_WINDOW_NS 10000000000ULL
 #endif
 #ifndef AUDITD_HAVE_FILE_READS
 #define AUDITD_HAVE_FILE_READS 0
@@ -102,6 +117,7 @@ struct ns_record {
     u64 flags;
     u64 target_ino;
     u64 target_magic;
+    u64 seen; /* calls of this combination so far, this one included (its ns_recent entry) */
     u32 pid;
     u32 tid;
     u32 uid;
@@ -112,9 +128,28 @@ struct ns_record {
     u32 escaped;   /* bit per type: moved from a namespace not PID 1's into PID 1's */
     u32 rflags;
     s32 fd;
+    u32 from_host; /* bit per type of `types`: its namespace before the call was the host's */
     u32 before[AUDITD_NS_COUNT];
     u32 after[AUDITD_NS_COUNT];
     char comm[16];
+};
+
+/* One combination inside the dedup window (see the header). */
+struct ns_recent_key {
+    u64 cgroup_id;
+    u64 target_ino;
+    u32 uid;
+    u32 op;
+    u32 types;
+    u32 err;
+    u32 escaped;
+    u32 from_host;
+    char comm[16];
+};
+
+struct ns_recent {
+    u64 last_sent_ns;
+    u64 seen; /* every call of this combination, sent or not (monotonic) */
 };
 
 struct ns_key {
@@ -137,10 +172,12 @@ BPF_PERCPU_ARRAY(ns_overflow, u64, 1);
 BPF_PERCPU_ARRAY(ns_drops, u64, AUDITD_DROP_KINDS);
 BPF_PERCPU_ARRAY(ns_faults, u64, 2);
 BPF_ARRAY(ns_host_table, struct ns_host, 1);
+BPF_TABLE("lru_hash", struct ns_recent_key, struct ns_recent, ns_recent, NS_RECENT_ENTRIES);
 BPF_RINGBUF_OUTPUT(ns_events, RINGBUF_PAGES);
 
 #ifdef AUDITD_LAYOUT_CHECK
 BPF_ARRAY(ns_record_layout, struct ns_record, 1);
+BPF_ARRAY(ns_recent_layout, struct ns_recent, 1);
 #endif
 
 static __always_inline void ns_drop(u32 kind)
@@ -313,6 +350,23 @@ static __always_inline void ns_count(struct ns_key *key)
     ns_drop(AUDITD_DROP_COUNTER_FULL);
 }
 
+/* Dedup: the combination's running count when a record should be sent, 0 for a repeat inside
+ * the window (counted in its entry, reported later). */
+static __always_inline u64 ns_should_send(struct ns_recent_key *key, u64 now)
+{
+    struct ns_recent *seen = ns_recent.lookup(key);
+    if (seen) {
+        u64 count = __sync_fetch_and_add(&seen->seen, 1) + 1;
+        if (now - seen->last_sent_ns < NS_WINDOW_NS)
+            return 0;
+        seen->last_sent_ns = now;
+        return count;
+    }
+    struct ns_recent fresh = {.last_sent_ns = now, .seen = 1};
+    ns_recent.update(key, &fresh);
+    return 1;
+}
+
 static __always_inline int ns_exit(u32 op, long ret)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -358,7 +412,7 @@ static __always_inline int ns_exit(u32 op, long ret)
     struct ns_host *host = ns_host_table.lookup(&zero);
     if (!host || !host->known)
         rflags |= NS_FLAG_HOST_UNKNOWN;
-    u32 escaped = 0;
+    u32 escaped = 0, from_host = 0;
 #pragma unroll
     for (int t = 0; t < AUDITD_NS_COUNT; t++) {
         if (after[t] && p.before[t] && after[t] != p.before[t])
@@ -366,7 +420,10 @@ static __always_inline int ns_exit(u32 op, long ret)
         if (host && host->known && host->inum[t] && p.before[t] && p.before[t] != host->inum[t] &&
             after[t] == host->inum[t])
             escaped |= 1 << t;
+        if (host && host->known && host->inum[t] && p.before[t] == host->inum[t])
+            from_host |= 1 << t;
     }
+    from_host &= types;
     /* clone3 whose flags stayed unreadable: a clone that made no new namespace is no change. */
     if (cloning && !types)
         return 0;
@@ -381,19 +438,36 @@ static __always_inline int ns_exit(u32 op, long ret)
     };
     ns_count(&key);
 
+    struct ns_recent_key recent = {
+        .cgroup_id = key.cgroup_id,
+        .target_ino = p.target_ino,
+        .uid = (u32)bpf_get_current_uid_gid(),
+        .op = op,
+        .types = types,
+        .err = key.err,
+        .escaped = escaped,
+        .from_host = from_host,
+    };
+    bpf_get_current_comm(recent.comm, sizeof(recent.comm));
+    u64 now = bpf_ktime_get_ns();
+    u64 seen = ns_should_send(&recent, now);
+    if (!seen)
+        return 0; /* a repeat: counted above and in its window entry */
+
     struct ns_record *r = ns_events.ringbuf_reserve(sizeof(*r));
     if (!r) {
         ns_drop(AUDITD_DROP_RINGBUF);
         return 0;
     }
-    r->ktime_ns = bpf_ktime_get_ns();
+    r->ktime_ns = now;
+    r->seen = seen;
     r->cgroup_id = key.cgroup_id;
     r->flags = p.flags;
     r->target_ino = p.target_ino;
     r->target_magic = p.target_magic;
     r->pid = pid_tgid >> 32;
     r->tid = (u32)pid_tgid;
-    r->uid = (u32)bpf_get_current_uid_gid();
+    r->uid = recent.uid;
     r->op = op;
     r->err = key.err;
     r->child_pid = p.child_pid;
@@ -401,12 +475,13 @@ static __always_inline int ns_exit(u32 op, long ret)
     r->escaped = escaped;
     r->rflags = rflags;
     r->fd = p.fd;
+    r->from_host = from_host;
 #pragma unroll
     for (int t = 0; t < AUDITD_NS_COUNT; t++) {
         r->before[t] = p.before[t];
         r->after[t] = after[t];
     }
-    bpf_get_current_comm(r->comm, sizeof(r->comm));
+    __builtin_memcpy(r->comm, recent.comm, sizeof(r->comm));
     ns_events.ringbuf_submit(r, 0);
     return 0;
 }

@@ -1,4 +1,5 @@
-"""Loader side of namespaces.bpf.c: its record, its counter map, PID 1's namespaces, its hooks."""
+"""Loader side of namespaces.bpf.c: its record, its counter map, its dedup window, PID 1's
+namespaces, its hooks."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class NamespaceRecord(ctypes.Structure):
         ("flags", ctypes.c_uint64),
         ("target_ino", ctypes.c_uint64),
         ("target_magic", ctypes.c_uint64),
+        ("seen", ctypes.c_uint64),
         ("pid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
         ("uid", ctypes.c_uint32),
@@ -60,6 +62,7 @@ class NamespaceRecord(ctypes.Structure):
         ("escaped", ctypes.c_uint32),
         ("rflags", ctypes.c_uint32),
         ("fd", ctypes.c_int32),
+        ("from_host", ctypes.c_uint32),
         ("before", ctypes.c_uint32 * NS_COUNT),
         ("after", ctypes.c_uint32 * NS_COUNT),
         ("comm", ctypes.c_char * 16),
@@ -76,6 +79,60 @@ class NamespaceKey(ctypes.Structure):
         ("err", ctypes.c_uint32),
         ("escaped", ctypes.c_uint32),
     )
+
+
+class NamespaceRecentKey(ctypes.Structure):
+    """Mirror of `struct ns_recent_key` (one combination in the dedup window)."""
+
+    _fields_ = (
+        ("cgroup_id", ctypes.c_uint64),
+        ("target_ino", ctypes.c_uint64),
+        ("uid", ctypes.c_uint32),
+        ("op", ctypes.c_uint32),
+        ("types", ctypes.c_uint32),
+        ("err", ctypes.c_uint32),
+        ("escaped", ctypes.c_uint32),
+        ("from_host", ctypes.c_uint32),
+        ("comm", ctypes.c_char * 16),
+    )
+
+
+class NamespaceRecent(ctypes.Structure):
+    """Mirror of `struct ns_recent`."""
+
+    _fields_ = (("last_sent_ns", ctypes.c_uint64), ("seen", ctypes.c_uint64))
+
+
+@dataclass(frozen=True, slots=True)
+class DedupKey:
+    """A combination of the dedup window: program (cgroup, uid, comm), op, types, result,
+    escaped types, types that left the host's namespaces, setns target."""
+
+    cgroup_id: int
+    target_ino: int
+    uid: int
+    op: int
+    types: int
+    err: int
+    escaped: int
+    from_host: int
+    comm: bytes
+
+    @classmethod
+    def of(cls, r: NamespaceRecord) -> DedupKey:
+        return cls(
+            r.cgroup_id, r.target_ino, r.uid, r.op, r.types, r.err, r.escaped, r.from_host, r.comm
+        )
+
+
+def read_recent(table: Any) -> dict[DedupKey, tuple[int, int]]:
+    """The dedup window entries: key → (calls seen, monotonic ns of the last record sent)."""
+    return {
+        DedupKey(
+            k.cgroup_id, k.target_ino, k.uid, k.op, k.types, k.err, k.escaped, k.from_host, k.comm
+        ): (v.seen, v.last_sent_ns)
+        for k, v in table.items()
+    }
 
 
 class NamespaceHost(ctypes.Structure):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from auditd.audit.netlink import read_status
+from auditd.audit.netlink import HEADER, open_socket, read_status
 from auditd.kernel.facts import landlock
 
 # Runs as the child: restrict itself with a Landlock ruleset that handles one right and grants
@@ -79,7 +80,7 @@ os.write(1, b"survived\n")
 # "registered" or the errno; reads and discards records; unregisters on SIGTERM.
 _FAKE_DAEMON = r"""
 import errno, os, signal, sys, time
-from auditd.audit import open_socket, set_status
+from auditd.audit.netlink import open_socket, set_status
 sock = open_socket(timeout=None)
 for attempt in range(300):
     try:
@@ -145,16 +146,41 @@ def some_audit_daemon() -> Iterator[int | None]:
     if current and current != os.getpid() and _alive(current):
         yield current
         return
+    with stand_in_audit_daemon() as proc:
+        yield None if proc is None else proc.pid
+
+
+@contextlib.contextmanager
+def stand_in_audit_daemon() -> Iterator[subprocess.Popen[str] | None]:
+    """A process registered as the audit daemon (it reads and discards records, unregisters on
+    SIGTERM), started here; None when it could not register (another daemon held on)."""
     proc = subprocess.Popen([sys.executable, "-c", _FAKE_DAEMON], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         answer = proc.stdout.readline().strip()
-        yield proc.pid if answer == "registered" else None
+        yield proc if answer == "registered" else None
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def user_messages(texts: list[str]) -> None:
+    """One AUDIT_USER record (1005) per text, sent as any audit-aware program sends them
+    (needs CAP_AUDIT_WRITE); each waits for the kernel's ack."""
+    with open_socket(timeout=10) as sock:
+        for seq, text in enumerate(texts, 1):
+            payload = text.encode() + b"\0"
+            sock.send(HEADER.pack(HEADER.size + len(payload), 1005, 0x5, seq, 0) + payload)
+            while True:  # NLMSG_ERROR with error 0 is the ack
+                reply = sock.recv(8192)
+                _length, kind, _, got, _ = HEADER.unpack_from(reply)
+                if kind == 2 and got == seq:
+                    (err,) = struct.unpack_from("=i", reply, HEADER.size)
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
+                    break
 
 
 def _alive(pid: int) -> bool:

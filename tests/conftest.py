@@ -55,6 +55,7 @@ REQUIREMENTS = {
     "needs_broker": lambda: _missing_binary("mosquitto", "mosquitto_passwd", "openssl"),
     "needs_prometheus": lambda: _missing_binary("prometheus", "promtool"),
     "needs_containers": lambda: _missing_binary("runc", "mmdebstrap", "systemd-nspawn", "nsenter"),
+    "needs_auditd": lambda: _missing_root() or _missing_binary("auditd", "auditctl"),
 }
 
 

@@ -1,5 +1,6 @@
 """Audit records: parsing recorded samples, grouping by serial, sharing the enabled flag; and the
-real kernel's Landlock and seccomp records read through AuditSource (daemon and stand-back)."""
+real kernel's Landlock and seccomp records read through AuditSource, which never registers as
+the audit daemon (Linux auditd beside it: tests/test_auditd_coexistence.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import platform
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,13 @@ import pytest
 
 from auditd.audit.assembler import Assembler
 from auditd.audit.lease import EnableLease
-from auditd.audit.netlink import AuditStatus, netlink_drops, read_status
+from auditd.audit.netlink import (
+    AuditStatus,
+    netlink_drops,
+    open_socket,
+    read_status,
+    set_status,
+)
 from auditd.audit.records import (
     AuditEvent,
     AuditRecord,
@@ -30,7 +38,7 @@ from auditd.audit.records import (
     parse_record,
     split_header,
 )
-from auditd.audit.source import AuditMode, AuditSource, AuditStats
+from auditd.audit.source import AuditSource, AuditStats
 from auditd.model.text import kernel_text as decode_text
 
 # Recorded on this machine (Linux 6.18, Landlock ABI 7), as the netlink payloads arrived.
@@ -395,6 +403,10 @@ class _Flag:
     def __init__(self, value: int) -> None:
         self.value = value
         self.sets: list[int] = []
+        self.daemon_pid = 0  # the registered audit daemon
+
+    def daemon(self) -> int:
+        return self.daemon_pid
 
     def get(self) -> int:
         return self.value
@@ -411,9 +423,10 @@ def test_lease_first_enables_last_restores(tmp_path: Path) -> None:
     assert (start.prior, start.enabled_by_us, start.recovered, flag.value) == (0, True, False, 1)
     again = second.acquire(flag.get, flag.set)
     assert (again.prior, again.enabled_by_us) == (0, False)
-    assert first.release(flag.get, flag.set) is None  # the second still needs audit
+    # The second still needs audit.
+    assert first.release(flag.get, flag.set, daemon=flag.daemon) is None
     assert flag.value == 1
-    assert second.release(flag.get, flag.set) == 0
+    assert second.release(flag.get, flag.set, daemon=flag.daemon) == 0
     assert (flag.value, flag.sets) == (0, [1, 0])
 
 
@@ -421,7 +434,7 @@ def test_lease_leaves_a_flag_that_was_already_on(tmp_path: Path) -> None:
     flag = _Flag(1)
     lease = EnableLease(tmp_path)
     assert lease.acquire(flag.get, flag.set).enabled_by_us is False
-    assert lease.release(flag.get, flag.set) is None
+    assert lease.release(flag.get, flag.set, daemon=flag.daemon) is None
     assert flag.sets == []
 
 
@@ -430,7 +443,7 @@ def test_lease_does_not_undo_someone_elses_change(tmp_path: Path) -> None:
     lease = EnableLease(tmp_path)
     lease.acquire(flag.get, flag.set)
     flag.value = 2  # an administrator locked audit on meanwhile
-    assert lease.release(flag.get, flag.set) is None
+    assert lease.release(flag.get, flag.set, daemon=flag.daemon) is None
     assert flag.value == 2
 
 
@@ -444,8 +457,33 @@ def test_lease_recovers_from_a_holder_that_died(tmp_path: Path) -> None:
     successor = EnableLease(tmp_path)
     start = successor.acquire(flag.get, flag.set)
     assert (start.prior, start.recovered, start.enabled_by_us) == (0, True, False)
-    assert successor.release(flag.get, flag.set) == 0
+    assert successor.release(flag.get, flag.set, daemon=flag.daemon) == 0
     assert flag.value == 0
+
+
+def test_lease_leaves_audit_on_under_a_registered_audit_daemon(tmp_path: Path) -> None:
+    flag = _Flag(0)
+    lease = EnableLease(tmp_path)
+    lease.acquire(flag.get, flag.set)
+    flag.daemon_pid = 4242  # Linux auditd started meanwhile: it needs audit on
+    assert lease.release(flag.get, flag.set, daemon=flag.daemon) is None
+    assert (flag.value, flag.sets) == (1, [1])
+
+
+def test_lease_kept_by_one_holder_is_kept_by_the_last(tmp_path: Path) -> None:
+    # The first holder saw another process assert the flag (auditd, started and already gone):
+    # the last one out must not switch it off either.
+    flag = _Flag(0)
+    first, second = EnableLease(tmp_path), EnableLease(tmp_path)
+    first.acquire(flag.get, flag.set)
+    second.acquire(flag.get, flag.set)
+    assert first.release(flag.get, flag.set, keep=True, daemon=flag.daemon) is None
+    assert second.release(flag.get, flag.set, daemon=flag.daemon) is None
+    assert (flag.value, flag.sets) == (1, [1])
+    # And the next holder starts afresh: it finds audit on and leaves it so.
+    third = EnableLease(tmp_path)
+    assert third.acquire(flag.get, flag.set).enabled_by_us is False
+    assert third.release(flag.get, flag.set, daemon=flag.daemon) is None
 
 
 def test_netlink_drops_reads_the_socket_row(tmp_path: Path) -> None:
@@ -504,7 +542,7 @@ def _x86_64() -> None:
 
 
 @pytest.mark.needs_root
-def test_enables_audit_registers_and_restores() -> None:
+def test_enables_audit_never_registers_and_restores() -> None:
     before = read_status()
 
     async def run() -> tuple[AuditSource, AuditStatus]:
@@ -514,10 +552,7 @@ def test_enables_audit_registers_and_restores() -> None:
     audit, inside = asyncio.run(run())
     after = read_status()
     assert inside.enabled in (1, 2)
-    if audit.mode is AuditMode.DAEMON:
-        assert inside.pid == os.getpid()
-    else:  # another daemon was registered (it may have left since)
-        assert inside.pid != os.getpid()
+    assert inside.pid != os.getpid()
     assert after.pid != os.getpid()
     if before.enabled == 0:
         # Restored by the last bpf-auditd to leave: us, unless another held a lease then (it
@@ -530,16 +565,16 @@ def test_enables_audit_registers_and_restores() -> None:
 
 @pytest.mark.needs_root
 def test_two_sources_do_not_switch_audit_off_under_each_other() -> None:
-    async def run() -> tuple[AuditSource, AuditSource, int]:
+    async def run() -> tuple[AuditSource, AuditSource, int, int]:
         async with AuditSource() as outer:
             async with AuditSource() as inner:
-                # One audit daemon per kernel: never both (the other may be another process).
-                assert AuditMode.MULTICAST in (outer.mode, inner.mode)
+                registered = read_status().pid
             between = read_status().enabled
-        return outer, inner, between
+        return outer, inner, between, registered
 
     before = read_status()
-    outer, inner, between = asyncio.run(run())
+    outer, inner, between, registered = asyncio.run(run())
+    assert registered != os.getpid()
     assert between in (1, 2)
     assert inner.restored is None  # the outer one still needed audit
     if before.enabled == 0 and outer.restored is not None:
@@ -548,34 +583,37 @@ def test_two_sources_do_not_switch_audit_off_under_each_other() -> None:
 
 
 @pytest.mark.needs_root
-def test_a_reader_takes_over_when_the_daemon_leaves() -> None:
-    async def run() -> tuple[AuditSource, AuditSource, int]:
-        first, second = AuditSource(), AuditSource()
-        await first.__aenter__()
-        try:
-            await second.__aenter__()
-        except BaseException:
-            await first.__aexit__(None, None, None)
-            raise
-        try:
-            if first.mode is AuditMode.DAEMON:
-                assert second.mode is AuditMode.MULTICAST
-            await first.__aexit__(None, None, None)
-            async with asyncio.timeout(30):  # the daemon's unregistration record wakes us
-                while (pid := read_status().pid) == 0 or (
-                    pid == os.getpid() and second.mode is not AuditMode.DAEMON
-                ):
-                    await asyncio.sleep(0.01)
-            return first, second, pid
-        finally:
-            await second.__aexit__(None, None, None)
+def test_never_takes_the_place_of_an_audit_daemon_that_leaves() -> None:
+    """The records that once made the source register itself: a daemon unregistering
+    (`audit_pid=0 old=<pid> res=1`), and a refused start that unregisters nothing
+    (`audit_pid=0 old=0 res=1`, what an aborting Linux auditd sends). Neither may."""
+    with work.stand_in_audit_daemon() as daemon:
+        if daemon is None:
+            pytest.skip("no audit daemon to watch leave: a stand-in could not register")
 
-    first, second, pid = asyncio.run(run())
-    # Someone is the daemon again: us, unless another bpf-auditd got there first.
-    assert second.mode is AuditMode.DAEMON or pid != os.getpid()
-    if first.mode is AuditMode.DAEMON and pid == os.getpid():
-        assert second.mode is AuditMode.DAEMON
-    assert read_status().pid != os.getpid()
+        async def run() -> list[int]:
+            async with AuditSource(relevant=None) as audit:
+                seen = []
+                daemon.terminate()  # it unregisters
+                await asyncio.to_thread(daemon.wait, 30)
+                await _config_change(audit, f"audit_pid=0 old={daemon.pid} ")
+                seen.append(read_status().pid)
+                with open_socket() as sock:  # not registered: changes nothing, says res=1
+                    set_status(sock, pid=0)
+                await _config_change(audit, "audit_pid=0 old=0 ")
+                await asyncio.sleep(0.2)  # time enough for a take-over to happen
+                seen.append(read_status().pid)
+                return seen
+
+        seen = asyncio.run(run())
+    assert os.getpid() not in seen
+
+
+async def _config_change(audit: AuditSource, text: str) -> None:
+    async with asyncio.timeout(30):
+        async for event in audit:
+            if text in _text(event):
+                return
 
 
 @pytest.mark.needs_root
@@ -586,18 +624,16 @@ def test_landlock_read_denial_with_a_hostile_path() -> None:
         Path(os.fsdecode(path)).write_text("secret\n")
         inode = os.stat(path).st_ino
 
-        async def run() -> tuple[AuditMode | None, work.Outcome, list[AuditEvent], list[str]]:
-            with work.KernelLog() as kernel_log:
-                async with AuditSource() as audit:
-                    started = audit.mode
-                    outcome = await asyncio.to_thread(work.landlock_read, path)
-                    assert (outcome.returncode, outcome.stdout) == (0, f"{errno.EACCES}\n")
-                    events = await _until(
-                        audit, lambda e: e.pid == outcome.pid and bool(e.all(LandlockAccess))
-                    )
-                    return started, outcome, events, kernel_log.lines()
+        async def run() -> tuple[work.Outcome, list[AuditEvent]]:
+            async with AuditSource() as audit:
+                outcome = await asyncio.to_thread(work.landlock_read, path)
+                assert (outcome.returncode, outcome.stdout) == (0, f"{errno.EACCES}\n")
+                events = await _until(
+                    audit, lambda e: e.pid == outcome.pid and bool(e.all(LandlockAccess))
+                )
+                return outcome, events
 
-        started, outcome, events, kernel_lines = asyncio.run(run())
+        outcome, events = asyncio.run(run())
     event = events[-1]
     (access,) = event.all(LandlockAccess)
     assert "fs.read_file" in access.blockers
@@ -615,10 +651,6 @@ def test_landlock_read_denial_with_a_hostile_path() -> None:
     assert domain is not None  # the domain's first denial also describes the domain
     assert (domain.domain, domain.status, domain.pid) == (access.domain, "allocated", outcome.pid)
     assert event.complete
-    # As the audit daemon we receive the records, so the kernel does not print them. (In
-    # stand-back mode that is the other daemon's doing: see the stand-back test.)
-    if started is AuditMode.DAEMON:
-        assert not [line for line in kernel_lines if f":{event.serial}):" in line]
 
 
 @pytest.mark.needs_root
@@ -681,8 +713,9 @@ def test_seccomp_kill_is_audited_and_errno_only_when_asked() -> None:
 
 
 @pytest.mark.needs_root
-def test_stands_back_when_another_audit_daemon_is_registered() -> None:
+def test_reads_beside_another_audit_daemon() -> None:
     _landlock_ready()
+    before = read_status().enabled
     with (
         tempfile.NamedTemporaryFile(prefix="bpf-auditd-audit-") as secret,
         work.some_audit_daemon() as daemon,
@@ -701,12 +734,19 @@ def test_stands_back_when_another_audit_daemon_is_registered() -> None:
                     return audit, registered, events, kernel_log.lines()
 
         audit, registered, events, kernel_lines = asyncio.run(run())
-        assert audit.mode is AuditMode.MULTICAST
         assert registered == daemon  # we neither replaced nor released the daemon
-        assert read_status().pid == daemon
+        status = read_status()
+        assert status.pid == daemon
+        # Audit that we switched on stays on while a daemon is registered: it is its now.
+        assert audit.restored is None
+        assert status.enabled in (1, 2)
         serial = events[-1].serial
+        # The daemon got the record too: the kernel printed nothing.
         assert not [line for line in kernel_lines if f":{serial}):" in line]
     assert read_status().pid != os.getpid()
+    if before == 0 and read_status().enabled == 1 and not _other_lease_holders():
+        with open_socket() as sock:  # put back what this test found (the stand-in is gone)
+            set_status(sock, enabled=0)
 
 
 @pytest.mark.needs_root
@@ -736,27 +776,63 @@ def test_a_slow_consumer_loses_events_counted() -> None:
 def test_multicast_overruns_are_counted() -> None:
     _landlock_ready()
     denials = 300
-    with work.some_audit_daemon() as daemon:
-        if daemon is None:
-            pytest.skip("no audit daemon to stand back for: a stand-in could not register")
 
-        async def run() -> tuple[work.Outcome, list[AuditEvent], AuditStats]:
-            # A receive buffer of a few records, and a loop that does not read while the
-            # process is refused 300 times: the kernel drops most copies for us, and counts them.
-            # (With the default backlog of 64 it also loses some before anyone gets them.)
-            async with AuditSource(rcvbuf=4096, flush_after=0.05) as audit:
-                assert audit.mode is AuditMode.MULTICAST
-                outcome = work.landlock_read(b"/etc/hostname", times=denials)  # blocks the loop
-                async with asyncio.timeout(30):
-                    while read_status().backlog:
-                        await asyncio.sleep(0.01)
-                await asyncio.sleep(0)  # let the reader run once more
-            events = [event async for event in audit]
-            return outcome, events, audit.stats()
+    async def run() -> tuple[work.Outcome, list[AuditEvent], AuditStats]:
+        # A receive buffer of a few records, and a loop that does not read while the process
+        # is refused 300 times: the kernel drops most copies for us, and counts them. (With
+        # the default backlog of 64 it also loses some before anyone gets them.)
+        async with AuditSource(rcvbuf=4096, flush_after=0.05) as audit:
+            outcome = work.landlock_read(b"/etc/hostname", times=denials)  # blocks the loop
+            async with asyncio.timeout(30):
+                while read_status().backlog:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # let the reader run once more
+        events = [event async for event in audit]
+        return outcome, events, audit.stats()
 
-        outcome, events, stats = asyncio.run(run())
+    outcome, events, stats = asyncio.run(run())
     assert outcome.stdout == f"{errno.EACCES}\n"
     seen = sum(len(e.all(LandlockAccess)) for e in events if e.pid == outcome.pid or e.pid is None)
     assert seen < denials
     assert stats.socket_drops > 0
     assert stats.socket_drops + stats.kernel_lost >= denials - seen  # each missing one counted
+
+
+@pytest.mark.needs_root
+def test_with_no_audit_daemon_every_record_arrives_and_the_kernel_log_is_rate_limited() -> None:
+    """The one cost of never registering: with no audit daemon at all, the kernel also prints
+    records, through printk_ratelimit (10 lines per 5 s by default, shared by the kernel)."""
+    if read_status().pid:
+        pytest.skip(f"an audit daemon is registered (pid {read_status().pid}): not the case here")
+    tag = f"bpf-auditd-ratelimit-{os.getpid()}"
+    count = 1000
+
+    async def run() -> tuple[list[AuditEvent], AuditStats, list[str], float]:
+        with work.KernelLog() as kernel_log:
+            async with AuditSource(relevant=None) as audit:
+                started = time.monotonic()
+                await asyncio.to_thread(work.user_messages, [f"{tag}-{i}" for i in range(count)])
+                seen: list[AuditEvent] = []
+                async with asyncio.timeout(30):
+                    async for event in audit:
+                        seen.append(event)
+                        if ("msg", f"{tag}-{count - 1}") in _fields(event):
+                            break
+                took = time.monotonic() - started
+                return seen, audit.stats(), kernel_log.lines(), took
+
+    events, stats, lines, took = asyncio.run(run())
+    ours = sum(1 for e in events if tag in _text(e))
+    printed = [line for line in lines if tag in line]
+    assert ours + stats.kernel_lost + stats.socket_drops >= count
+    assert ours >= count - stats.kernel_lost - stats.socket_drops
+    windows = 1 + int(took // 5) + 1  # the run may straddle a window boundary
+    assert len(printed) <= 10 * windows, (len(printed), took)
+
+
+def _fields(event: AuditEvent) -> list[tuple[str, str]]:
+    return [field for record in event.records for field in record.fields]
+
+
+def _text(event: AuditEvent) -> str:
+    return " ".join(f"{k}={v}" for k, v in _fields(event))

@@ -96,3 +96,36 @@ def test_resolver_without_cgroup2_says_unknown() -> None:
     resolver = CgroupResolver(None)
     assert resolver.service(1) == "unknown"
     assert not resolver.alive(1)
+
+
+def test_removed_cgroups_are_kept_a_while_then_forgotten(tmp_path: Path) -> None:
+    # Thousands of short-lived cgroups come and go: the resolver keeps the live ones and only the
+    # most recently removed, so its memory is bounded whatever the churn.
+    resolver = CgroupResolver(tmp_path, max_removed=16, max_missed=8)
+    made = [tmp_path / f"churn-{n}.scope" for n in range(200)]
+    for d in made:  # all at once: a file system may reuse a removed directory's inode
+        d.mkdir()
+    ids = [os.stat(d).st_ino for d in made]
+    resolver.rescan()
+    for n, d in enumerate(made):
+        d.rmdir()
+        if n % 20 == 19:
+            resolver.rescan()
+        resolver.path(10**12 + n)  # ids no walk will find
+    assert resolver.sizes() == {"live": 1, "removed": 16, "missed": 8, "dead": 0}
+    assert resolver.cached(ids[-1]) == "/churn-199.scope"  # the latest are still attributed
+    assert resolver.cached(ids[0]) is None
+    assert len(resolver.known()) == 17
+
+
+def test_cgroups_gone_before_any_walk_are_known_dead_and_bounded(tmp_path: Path) -> None:
+    resolver = CgroupResolver(tmp_path, max_removed=4)
+    resolver.rescan()
+    live = tmp_path / "web.service"
+    live.mkdir()
+    ids = [10**12 + n for n in range(10)]  # read from a kernel map; no walk will find them
+    assert resolver.gone([*ids, os.stat(live).st_ino]) == set(ids)
+    assert resolver.sizes()["dead"] == 4
+    scans = resolver.scans
+    assert resolver.path(ids[-1]) is None
+    assert resolver.scans == scans  # known gone: no walk to look for it

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from auditd.config.schema import DenialProbeConfig
 from auditd.kernel.cgroups import CgroupResolver
 from auditd.model.event import Source
 from auditd.model.labels import OTHER, LabelCap
+from auditd.signals.denials import decode as decoding
 from auditd.signals.denials.decode import decode
 from auditd.signals.denials.event import Denial
 from auditd.signals.denials.monitor import DenialMonitor, DenialSeries, DenialTotals
@@ -174,11 +177,14 @@ class FakeCounters:
 class Resolver(CgroupResolver):
     def __init__(self, paths: dict[int, str], alive: set[int]) -> None:
         super().__init__(None)
-        self._paths.update(paths)
+        self._live = dict(paths)
         self._alive = alive
 
     def alive(self, cgroup_id: int) -> bool:
         return cgroup_id in self._alive
+
+    def gone(self, cgroup_ids: Iterable[int]) -> set[int]:
+        return {i for i in cgroup_ids if i not in self._alive}
 
 
 def test_totals_stay_exact_when_removed_cgroups_are_retired() -> None:
@@ -187,8 +193,10 @@ def test_totals_stay_exact_when_removed_cgroups_are_retired() -> None:
     totals = DenialTotals(source, resolver, LabelCap(10))
     source.counts = {Key(1): 5, Key(2): 7, Key(3): 11, Key(99): 1}
     before = totals.snapshot()
-    assert totals.retire_removed() == 1  # only b.service: 99 was never seen, so not known dead
+    # b.service, and 99: never seen by a walk, but gone all the same (a short-lived cgroup).
+    assert totals.retire_removed() == 2
     assert Key(3) not in source.counts
+    assert Key(99) not in source.counts
     assert totals.snapshot() == before
     source.counts[Key(2)] += 1
     assert totals.snapshot()[DenialSeries("a.service", "syscall", "openat", "EACCES")] == 8
@@ -206,3 +214,12 @@ def test_monitor_declares_what_it_yields() -> None:
     monitor = DenialMonitor(DenialProbeConfig(), CgroupResolver(None), LabelCap(1))
     assert [f.name for f in monitor.families()] == [f.name for f in monitor.declared()]
     assert all(not f.samples for f in monitor.declared())
+
+
+def test_the_readme_lists_exactly_the_sources_the_denials_metric_can_have() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `bpf_auditd_denials_"))
+    listed = set(re.findall(r"`(\w+)`", row.partition("source, as the tracepoints tell it:")[2]))
+    possible = {decoding.source_of(n).value for n in decoding.SOURCE_NUMBERS.values()}
+    assert listed == possible
+    assert Source.LANDLOCK.value not in possible  # the kernel cannot tell: README says so

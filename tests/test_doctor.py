@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -254,6 +255,32 @@ def test_selinux_line_follows_the_active_lsms(tmp_path: Path, lsms: str, line: s
     assert report.lsms.names == tuple(lsms.split(","))
     assert report.lsms.source.endswith("security/lsm")
     assert [entry.split(" (")[0] for entry in found] == ([line] if line else [])
+
+
+@pytest.mark.parametrize(
+    ("pid", "boot", "lines"),
+    [
+        (0, None, ["also reach the kernel log"]),
+        (0, "1", ["also reach the kernel log", "booted with audit=1"]),
+        (0, "0", ["also reach the kernel log"]),
+        (4242, "1", []),  # a registered daemon (Linux auditd) takes the records
+    ],
+)
+def test_the_kernel_log_cost_of_never_registering_is_named(
+    tmp_path: Path, pid: int, boot: str | None, lines: list[str]
+) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cmdline").write_text(
+        "root=/dev/vda quiet" + (f" audit={boot}" if boot else "") + "\n"
+    )
+    assert facts.audit_boot_option(KernelPaths(proc=tmp_path / "proc")) == boot
+    report = dataclasses.replace(
+        _collect(_kernel_tree(tmp_path / "tree")),
+        audit=netlink.AuditNetlink(1, pid, "audit enabled", True, "joined"),
+        audit_boot=boot,
+    )
+    found = [line for line in doctor.degradations(report) if line.startswith(("audit", "booted"))]
+    assert [next((w for w in lines if w in line), line) for line in found] == lines
 
 
 def test_cgroup2_mount_point_comes_from_mountinfo(tmp_path: Path) -> None:

@@ -168,6 +168,18 @@ def test_threshold_counts_within_a_sliding_window() -> None:
     assert at(18) == []
 
 
+def test_threshold_firing_is_in_time_order_whatever_the_arrival_order() -> None:
+    # A refusal held for its LSM record, or a summary, arrives after later events.
+    clock = Clock()
+    e = engine(THRESHOLD, clock)
+    t0 = clock.now
+    assert e.evaluate_fields("denial", denial(time_ns=t0 + 5 * S)) == []
+    assert e.evaluate_fields("denial", denial(time_ns=t0 - 20 * S)) == []  # outside the window
+    assert e.evaluate_fields("denial", denial(time_ns=t0 + 1 * S)) == []
+    [alert] = e.evaluate_fields("denial", denial(time_ns=t0 + 3 * S))
+    assert (alert.count, alert.first_seen_ns, alert.last_seen_ns) == (3, t0 + 1 * S, t0 + 5 * S)
+
+
 def test_threshold_exact_edge_of_the_window() -> None:
     clock = Clock()
     e = engine(THRESHOLD, clock)

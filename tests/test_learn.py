@@ -218,6 +218,16 @@ def test_learning_is_bounded_and_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(replay(text, [("denial", denial("/t/4"))])) == 1
 
 
+def test_services_learned_are_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(learn, "MAX_SERVICES", 2)
+    events = [("denial", denial("/t", service=f"s{i}.service")) for i in range(5)]
+    learner, text = learned(events)
+    assert learner.services == {"s0.service", "s1.service"}
+    assert learner.unlearned == 3
+    assert "# 3 events of services beyond the first 2 of their kind were not learned" in text
+    assert len(replay(text, [("denial", denial("/t", service="s4.service"))])) == 1
+
+
 def test_nothing_learned_still_alerts_on_every_kind() -> None:
     _, text = learned([])
     assert text.count("unless: []") == 3

@@ -108,3 +108,90 @@ def test_selinux_refusal_gets_its_rights_from_the_avc_record() -> None:
     (joined,) = c.on_audit(event)
     assert (joined.source, joined.cause) == (Source.SELINUX, "selinux:read")
     assert dict(joined.detail)["tclass"] == "file"
+
+
+def _attributing(clock: Clock) -> LsmCorrelator:
+    # /proc knows nothing (the processes are gone); cgroup 42 is web.service.
+    return LsmCorrelator(
+        wait=0.1,
+        window=10.0,
+        clock=clock,
+        cgroup_of_pid=lambda pid: None,
+        service_of_cgroup=lambda cgroup_id: "web.service" if cgroup_id == 42 else "unknown",
+    )
+
+
+def test_a_process_already_gone_counts_under_its_refusals_service() -> None:
+    # Both orders: the count waits for the join, which brings the probe's cgroup.
+    clock = Clock()
+    c = _attributing(clock)
+    assert c.hold(_refusal(pid=1)) is None
+    assert len(c.on_audit(_landlock(pid=1))) == 1
+    assert c.on_audit(_landlock(pid=2)) == []
+    assert c.hold(_refusal(pid=2)) is not None
+    clock.now = 1.0
+    assert c.expire() == []
+    assert c.counts == {("web.service", "landlock", "fs.read_file"): 2}
+
+
+def test_an_audit_repeat_of_a_joined_refusal_is_absorbed_and_its_summary_gets_the_cause() -> None:
+    # The kernel sent one record for two refusals of pid 7 (the second is a repeat in its dedup
+    # window, maybe by a new process that reused the pid); Landlock wrote two audit events.
+    clock = Clock()
+    c = _attributing(clock)
+    assert c.hold(_refusal()) is None
+    (joined,) = c.on_audit(_landlock())
+    assert joined.source is Source.LANDLOCK
+    assert c.on_audit(_landlock()) == []  # the repeat: no refusal of its own will come
+    clock.now = 1.0
+    assert c.expire() == []  # absorbed: not a lone "landlock" line with no service
+    assert c.counts == {("web.service", "landlock", "fs.read_file"): 2}
+    # The flood stopped: the repeat accountant's summary of that one repeat.
+    summary = dataclasses_replace(_refusal(), repeats=1, summary=True)
+    released = c.hold(summary)
+    assert released is not None
+    assert (released.source, released.cause, released.repeats) == (
+        Source.LANDLOCK,
+        "landlock:fs.read_file",
+        1,
+    )
+    assert dict(released.detail)["blockers"] == "fs.read_file"
+
+
+def test_a_lone_audit_event_after_the_window_is_its_own_denial_again() -> None:
+    clock = Clock()
+    c = _attributing(clock)
+    c.hold(_refusal())
+    c.on_audit(_landlock())
+    clock.now = 11.0  # the join is older than the window: not a repeat any more
+    c.on_audit(_landlock())
+    clock.now = 11.5
+    (lone,) = c.expire()
+    assert (lone.source, lone.pid) == (Source.LANDLOCK, 7)
+
+
+def test_a_lone_audit_event_takes_the_cgroup_of_a_recent_refusal_of_its_process() -> None:
+    clock = Clock()
+    c = _attributing(clock)
+    c.hold(_refusal(pid=9, cause="capability:CAP_KILL"))  # passes straight through, but seen
+    c.on_audit(_landlock(pid=9))
+    clock.now = 0.5
+    (lone,) = c.expire()
+    assert lone.cgroup_id == 42
+    assert c.counts == {("web.service", "landlock", "fs.read_file"): 1}
+
+
+def test_every_table_stays_within_its_limit() -> None:
+    clock = Clock()
+    c = LsmCorrelator(wait=0.1, window=10.0, clock=clock, limit=64)
+    for pid in range(1, 5001):
+        clock.now += 0.001
+        c.hold(_refusal(pid=pid))
+        c.on_audit(_landlock(pid=pid))
+        c.on_audit(_landlock(pid=pid + 100_000))  # lone ones too
+        if pid % 100 == 0:
+            c.expire()
+        assert max(c.sizes().values()) <= 64 + 1, c.sizes()
+    clock.now += 1
+    c.expire()
+    assert c.sizes()["held"] == c.sizes()["claims"] == 0

@@ -16,7 +16,7 @@ from auditd.config import schema as config
 from auditd.config.yamlfile import ConfigError
 from auditd.kernel.cgroups import CgroupResolver
 from auditd.model.labels import LabelCap
-from auditd.signals.namespaces.decode import change_of
+from auditd.signals.namespaces.decode import Decoded, change_of
 from auditd.signals.namespaces.event import (
     LINKS,
     OPS,
@@ -29,6 +29,7 @@ from auditd.signals.namespaces.event import (
     types_of,
 )
 from auditd.signals.namespaces.identity import NamespaceIdentity, Owner
+from auditd.signals.namespaces.repeats import RepeatAccountant
 from auditd.signals.namespaces.totals import ChangeSeries, EscapeSeries, NamespaceTotals
 from probes import namespaces as probe
 
@@ -357,3 +358,25 @@ def test_config_defaults_and_errors(tmp_path: Path) -> None:
     )
     off = config.loads("probes:\n  namespaces:\n    enabled: false\n").probes.namespaces
     assert not off.enabled
+
+
+def test_repeats_and_summaries_account_for_every_call() -> None:
+    accountant = RepeatAccountant(limit=2)
+    r = record(op=1, types=bit(UTS), after={UTS: 5})
+    key = probe.DedupKey.of(r)
+    first = accountant.on_record(Decoded(change_of(r, 0), key, seen=1))
+    assert (first.repeats, first.log_fields()["count"]) == (0, 1)
+    # 9 more calls inside the window, then a record after it: it carries them.
+    later = accountant.on_record(Decoded(change_of(r, 0), key, seen=11))
+    assert (later.repeats, later.log_fields()["count"]) == (9, 10)
+    # 5 more, then the flood stops: once idle for a window, a summary reports them.
+    window = 10
+    assert accountant.summaries({key: (16, 100)}, now_mono_ns=105, window_ns=window) == []
+    (summary,) = accountant.summaries({key: (16, 100)}, now_mono_ns=110, window_ns=window)
+    assert (summary.summary, summary.repeats, summary.log_fields()["count"]) == (True, 5, 5)
+    assert accountant.summaries({key: (16, 100)}, now_mono_ns=200, window_ns=window) == []
+    # Bounded: the least recently recorded keys are forgotten.
+    for n in range(5):
+        other = record(op=1, types=bit(UTS), cgroup_id=1000 + n)
+        accountant.on_record(Decoded(change_of(other, 0), probe.DedupKey.of(other), seen=1))
+    assert len(accountant) == 2

@@ -4,6 +4,7 @@ setns targets and their owners, clone children, refusals, and exact counts."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import subprocess
 import time
@@ -73,8 +74,10 @@ class Loaded:
         return self.collected.wait(match, n)
 
 
-def _monitor() -> NamespaceMonitor:
-    return NamespaceMonitor(Config().probes.namespaces, CgroupResolver(None), LabelCap(100))
+def _monitor(window: float = 0.0) -> NamespaceMonitor:
+    # No dedup window by default: these tests look at each call's own record.
+    config = dataclasses.replace(Config().probes.namespaces, window=window)
+    return NamespaceMonitor(config, CgroupResolver(None), LabelCap(100))
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +108,8 @@ def test_record_key_and_host_layouts_match_the_c_structs(loaded: Loaded) -> None
         (loaded.probes.table("ns_record_layout").Leaf, probe.NamespaceRecord),
         (loaded.probes.table("ns_counts").Key, probe.NamespaceKey),
         (loaded.probes.table("ns_host_table").Leaf, probe.NamespaceHost),
+        (loaded.probes.table("ns_recent").Key, probe.NamespaceRecentKey),
+        (loaded.probes.table("ns_recent_layout").Leaf, probe.NamespaceRecent),
     ):
         assert ctypes.sizeof(c_side) == ctypes.sizeof(py_side)
         assert _layout(c_side) == _layout(py_side)

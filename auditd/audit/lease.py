@@ -1,4 +1,6 @@
-"""The audit enabled flag, shared between bpf-auditd processes: the last one out restores it."""
+"""The audit enabled flag, shared between bpf-auditd processes: the last one out restores it,
+unless the flag has become someone else's (a registered audit daemon, or another process that
+switched it on too)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditd.audit.netlink import current_enabled, set_enabled
+from auditd.audit.netlink import current_enabled, registered_daemon, set_enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,11 @@ class EnableLease:
     ``audit.users`` is share-locked by every holder, so an exclusive try-lock on it tells whether
     anyone else is left. flock(2) locks die with their process: a crashed holder leaves no user
     behind, and its saved value is what the next first arrival restores in the end.
+
+    Audit that was off is never switched off again under an audit daemon: not while one is
+    registered (Linux auditd expects it on, and leaves it on when it stops), and not after a
+    holder saw another process assert it (`release(keep=True)`, which is remembered for the
+    holders still there).
     """
 
     def __init__(self, directory: Path) -> None:
@@ -63,20 +70,27 @@ class EnableLease:
         self,
         current: Callable[[], int] = current_enabled,
         set_enabled: Callable[[int], None] = set_enabled,
+        *,
+        keep: bool = False,
+        daemon: Callable[[], int] = registered_daemon,
     ) -> int | None:
         """Leave; the last one out restores the saved value (returned), unless someone else
-        changed the flag meanwhile (then it is theirs). Blocks like `acquire`."""
+        changed the flag meanwhile, an audit daemon (`daemon()`: its pid, 0 for none) is
+        registered now, or a holder saw another process assert the flag (`keep`). Blocks like
+        `acquire`."""
         users, self._users = self._users, None
         if users is None:
             return None
         with self._mutex() as mutex:
             try:
                 fcntl.flock(users, fcntl.LOCK_UN)
+                if keep:  # the flag is someone else's too: no holder may switch it off
+                    _write_saved(mutex, 1)
                 if not _try_exclusive(users):
                     return None
                 saved = _read_saved(mutex)
                 os.ftruncate(mutex, 0)
-                if saved is None or current() != 1 or saved == 1:
+                if saved is None or saved == 1 or current() != 1 or daemon() != 0:
                     return None
                 set_enabled(saved)
                 return saved

@@ -19,7 +19,6 @@ AUDIT_NLGRP_READLOG: Final = 1
 SO_RCVBUFFORCE: Final = 33  # asm-generic/socket.h; the socket module lacks it
 SOL_NETLINK: Final = 270
 NETLINK_ADD_MEMBERSHIP: Final = 1
-NETLINK_DROP_MEMBERSHIP: Final = 2
 _NLMSG_ERROR: Final = 2
 _NLM_F_REQUEST: Final = 1
 _NLM_F_ACK: Final = 4
@@ -28,7 +27,6 @@ _AUDIT_SET: Final = 1001
 _AUDIT_STATUS_ENABLED: Final = 0x1
 _AUDIT_STATUS_PID: Final = 0x4
 AUDIT_LOCKED: Final = 2
-FIRST_RECORD_TYPE: Final = 1100  # below: commands and their replies
 HEADER: Final = struct.Struct("=IHHII")  # struct nlmsghdr
 _STATUS: Final = struct.Struct("=11I")  # struct audit_status, up to backlog_wait_time_actual
 RECV_SIZE: Final = 16384  # a record is at most MAX_AUDIT_MESSAGE_LENGTH (8970) bytes
@@ -99,8 +97,9 @@ def read_status(sock: socket.socket | None = None, timeout: float = 1.0) -> Audi
 def set_status(
     sock: socket.socket, *, enabled: int | None = None, pid: int | None = None
 ) -> list[bytes]:
-    """AUDIT_SET of the enabled flag and/or the audit daemon pid; returns datagrams read meanwhile
-    (records, when *sock* is the daemon's own socket)."""
+    """AUDIT_SET of the enabled flag and/or the audit daemon pid (bpf-auditd never sets the pid;
+    tests register stand-in daemons with it); returns datagrams read meanwhile (records, when
+    *sock* is a registered daemon's own socket)."""
     mask = (_AUDIT_STATUS_ENABLED if enabled is not None else 0) | (
         _AUDIT_STATUS_PID if pid is not None else 0
     )
@@ -118,6 +117,11 @@ def current_enabled() -> int:
     return read_status().enabled
 
 
+def registered_daemon() -> int:
+    """The pid of the registered audit daemon (e.g. Linux auditd), 0 for none."""
+    return read_status().pid
+
+
 def netlink_drops(inode: int, proc: Path = Path("/proc")) -> int | None:
     """Datagrams the kernel could not queue on our netlink socket (sk_drops), from
     /proc/net/netlink; None when the socket is not listed."""
@@ -131,16 +135,6 @@ def netlink_drops(inode: int, proc: Path = Path("/proc")) -> int | None:
         if len(columns) >= 10 and columns[9] == str(inode):
             return int(columns[8])
     return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from auditd.kernel.facts import (
     Landlock,
     Lsms,
     active_lsms,
+    audit_boot_option,
     bcc_binding,
     bcc_compile,
     kallsyms,
@@ -45,6 +46,7 @@ class Report:
     bcc_compile: Compile | None  # None: not tried (switched off, or BCC not importable)
     tracefs: Path | None
     audit: AuditNetlink
+    audit_boot: str | None  # `audit=` on the kernel command line
     landlock: Landlock
     cgroup2: Cgroup2
     kallsyms: Kallsyms
@@ -88,6 +90,7 @@ def collect(paths: KernelPaths, *, try_bcc_compile: bool = True) -> Report:
         bcc_compile=bcc_compile() if try_bcc_compile and bcc.importable else None,
         tracefs=find_tracefs(paths),
         audit=audit_netlink(),
+        audit_boot=audit_boot_option(paths),
         landlock=landlock(),
         cgroup2=cgroup2_mount(paths),
         kallsyms=kallsyms(paths),
@@ -224,9 +227,24 @@ def degradations(report: Report) -> list[str]:
         lines.append(f"Landlock denials off: {report.landlock.detail}")
     elif audit.enabled == 0:
         lines.append(
-            "Landlock denials off: audit is disabled (enabled=0) and Landlock writes "
-            "its records only while audit is enabled (auditctl -e 1)"
+            "Landlock denials off until audit is enabled: it is disabled (enabled=0) and "
+            "Landlock writes its records only while audit is enabled (the daemon switches it "
+            "on with probes.denials.enable_audit, the default; or auditctl -e 1)"
         )
+    if audit.enabled is not None and audit.readlog and not audit.daemon_pid:
+        # Informational: the price of never registering as the audit daemon.
+        lines.append(
+            "audit records also reach the kernel log: no audit daemon is registered (bpf-auditd "
+            "never registers), so while audit is enabled the kernel prints them too, "
+            "rate-limited (printk_ratelimit, about 10 lines per 5 s); a running Linux auditd "
+            "takes them instead"
+        )
+        if report.audit_boot not in (None, "0"):
+            lines.append(
+                f"booted with audit={report.audit_boot}: while no audit daemon is registered "
+                "the kernel holds records for one, up to its backlog_limit, and counts the rest "
+                'as lost (bpf_auditd_events_dropped_total{probe="audit",stage="kernel"})'
+            )
 
     lsms = report.lsms
     if lsms.names is None:

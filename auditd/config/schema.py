@@ -115,6 +115,15 @@ class NamespaceProbeConfig:
     pending_entries: int = field(
         default=10240, metadata=_check(lambda v: 64 <= v <= 1 << 20, "64..1048576")
     )
+    # Seconds during which a repeat of the same (program, op, types, result, escapes, setns
+    # target) sends no record of its own: it is counted exactly and reported as `repeats`.
+    window: float = field(
+        default=10.0, metadata=_check(lambda v: 0 <= v <= 3600, "0..3600 seconds")
+    )
+    # Dedup entries in the kernel (LRU): combinations beyond it are sent again sooner, not lost.
+    recent_entries: int = field(
+        default=16384, metadata=_check(lambda v: 64 <= v <= 1 << 20, "64..1048576")
+    )
 
 
 @dataclass(frozen=True, slots=True)

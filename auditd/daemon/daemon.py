@@ -150,7 +150,7 @@ class Daemon:
         for monitor in self.monitors:
             families += monitor.families()
         if self.lsm is not None:
-            families += self.lsm.families(self.services)
+            families += self.lsm.families()
         # Read last: reading the monitors' families is what folds new label values into
         # "other", so this scrape's overflow count includes this scrape's folds.
         return [*families, self._label_overflow()]

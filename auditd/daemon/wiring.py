@@ -135,6 +135,7 @@ def build(
             window=denials.window,
             cgroup_of_pid=lambda pid: cgroup_id_of_pid(paths.proc, pid, resolver),
             service_of_cgroup=resolver.service,
+            services=services,
         )
     host = host_name(config)
     alerting = Alerting(config.policy, config_path, policy_file, host=host)

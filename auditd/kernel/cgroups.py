@@ -2,7 +2,8 @@
 
 `bpf_get_current_cgroup_id()` is the inode number of the task's cgroup v2 directory, so the
 path is found by walking the cgroup2 mount once and caching; a miss triggers a rate-limited
-rescan. Paths of removed cgroups stay cached, so late counters are still attributed.
+rescan. Paths of removed cgroups stay cached for a while (the most recently removed
+`max_removed`), so late counters and records are still attributed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,31 +95,55 @@ def service_of(path: str) -> str:
 
 
 class CgroupResolver:
-    """Thread-safe cache of cgroup id → path (relative to the cgroup2 root, starting with '/')."""
+    """Thread-safe cache of cgroup id → path (relative to the cgroup2 root, starting with '/').
+
+    Bounded: the live cgroups (what the last walk found: the kernel bounds them), plus the
+    `max_removed` most recently removed ones (kept so that counters and records that arrive
+    after a removal are still attributed: the daemon retires a removed cgroup's counters at
+    the next housekeeping pass), plus at most `max_missed` ids no walk found yet, and
+    `max_removed` ids known to be gone though no walk ever saw them (short-lived cgroups).
+    """
 
     def __init__(
         self,
         root: Path | None,
         *,
         min_rescan_interval: float = 1.0,
+        max_removed: int = 8192,
+        max_missed: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
-        self._paths: dict[int, str] = {}
+        self.max_removed = max_removed
+        self.max_missed = max_missed
+        self._live: dict[int, str] = {}  # replaced whole by each walk
+        self._removed: OrderedDict[int, str] = OrderedDict()  # oldest removal first
         self._lock = threading.Lock()
         self._clock = clock
         self._min_interval = min_rescan_interval
         # Ids a full scan did not find (a cgroup gone before we looked): retried only slowly.
-        self._missed: set[int] = set()
+        self._missed: OrderedDict[int, None] = OrderedDict()
+        # Ids of cgroups gone before any walk saw them (`gone`): never looked for again.
+        self._dead: OrderedDict[int, None] = OrderedDict()
         self._last_scan = float("-inf")
         self.scans = 0
 
     def cached(self, cgroup_id: int) -> str | None:
-        return self._paths.get(cgroup_id)
+        found = self._live.get(cgroup_id)
+        return found if found is not None else self._removed.get(cgroup_id)
 
     def known(self) -> dict[int, str]:
-        """Every cgroup seen so far, id → path (removed ones included)."""
-        return dict(self._paths)
+        """Every cgroup known now, id → path (recently removed ones included)."""
+        with self._lock:
+            return {**self._removed, **self._live}
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "live": len(self._live),
+            "removed": len(self._removed),
+            "missed": len(self._missed),
+            "dead": len(self._dead),
+        }
 
     def path(self, cgroup_id: int) -> str | None:
         """The path, rescanning on a miss. Blocks on the walk.
@@ -126,18 +152,20 @@ class CgroupResolver:
         proves nothing, and a new cgroup is found by one walk); ids that a scan already failed
         to find (removed before we looked) rescan at most once per `min_rescan_interval`.
         """
-        found = self._paths.get(cgroup_id)
-        if found is not None:
+        found = self.cached(cgroup_id)
+        if found is not None or cgroup_id in self._dead:
             return found
         missed_before = cgroup_id in self._missed
         interval = self._min_interval if missed_before else 0.0
         if self._clock() - self._last_scan >= interval:
             self.rescan()
-            found = self._paths.get(cgroup_id)
+            found = self.cached(cgroup_id)
             if found is None:
-                if len(self._missed) > 65536:  # bounded: forget, at worst rescan again
-                    self._missed.clear()
-                self._missed.add(cgroup_id)
+                with self._lock:
+                    self._missed[cgroup_id] = None
+                    self._missed.move_to_end(cgroup_id)
+                    while len(self._missed) > self.max_missed:  # forgotten: at worst rescan
+                        self._missed.popitem(last=False)
         return found
 
     def service(self, cgroup_id: int) -> str:
@@ -150,8 +178,36 @@ class CgroupResolver:
             if self.root is None:
                 return
             found = _walk(self.root)
-            self._paths.update(found)
+            for cgroup_id, path in self._live.items():
+                if cgroup_id not in found:
+                    self._removed[cgroup_id] = path
+                    self._removed.move_to_end(cgroup_id)
+            for cgroup_id in found:
+                self._removed.pop(cgroup_id, None)
+                self._missed.pop(cgroup_id, None)
+            while len(self._removed) > self.max_removed:
+                self._removed.popitem(last=False)
+            self._live = found
             self.scans += 1
+
+    def gone(self, cgroup_ids: Iterable[int]) -> set[int]:
+        """Of `cgroup_ids` (read from a kernel map just before this call), those whose cgroup
+        no longer exists: a walk started now does not find them. Each existed when it was read
+        and cgroup ids are never reused, so this holds also for cgroups no walk ever saw (a
+        short-lived one, between two walks). Empty without a cgroup2 mount. Blocks on a walk."""
+        ids = set(cgroup_ids)
+        if not ids or self.root is None:
+            return set()
+        self.rescan()
+        with self._lock:
+            dead = {i for i in ids if i not in self._live}
+            for cgroup_id in dead:
+                if cgroup_id not in self._removed:
+                    self._dead[cgroup_id] = None
+                    self._missed.pop(cgroup_id, None)
+            while len(self._dead) > self.max_removed:
+                self._dead.popitem(last=False)
+        return dead
 
     def id_of(self, path: str) -> int | None:
         """The id of the cgroup at a v2 path (its directory's inode); None when it is gone."""
@@ -164,7 +220,7 @@ class CgroupResolver:
 
     def alive(self, cgroup_id: int) -> bool:
         """Whether the cgroup still exists (its directory is there with the same inode)."""
-        rel = self._paths.get(cgroup_id)
+        rel = self.cached(cgroup_id)
         if rel is None or self.root is None:
             return False
         try:

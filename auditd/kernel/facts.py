@@ -225,3 +225,14 @@ def active_lsms(paths: KernelPaths) -> Lsms:
         return Lsms(None, f"unknown: {file_error}; lsm_list_modules: {errno_text(exc.errno)}")
     names = tuple(_LSM_NAMES.get(lsm_id, f"lsm#{lsm_id}") for lsm_id in ids[:count])
     return Lsms(names, "lsm_list_modules(2)")
+
+
+def audit_boot_option(paths: KernelPaths) -> str | None:
+    """The value of `audit=` on the kernel command line (the last one counts), None without one.
+    With audit=1 the kernel holds records for an audit daemon while none is registered."""
+    try:
+        words = (paths.proc / "cmdline").read_text().split()
+    except OSError:
+        return None
+    values = [w.partition("=")[2] for w in words if w.startswith("audit=")]
+    return values[-1] if values else None

@@ -93,17 +93,17 @@ SYSLOG: Final = Need(
     unless="probes.allocations.enabled: false",
 )
 
-# Audit records (Landlock, SELinux causes of denials): AUDIT_GET and AUDIT_SET (status, enable,
-# register as the audit daemon) need AUDIT_CONTROL; the read-only multicast group, used while
-# another audit daemon is registered, needs AUDIT_READ.
+# Audit records (Landlock, SELinux causes of denials) come from the read-only multicast group,
+# which needs AUDIT_READ; AUDIT_GET (status, the kernel's lost count) and AUDIT_SET (switching
+# audit on) need AUDIT_CONTROL. The daemon never registers as the audit daemon.
 AUDIT_CONTROL: Final = Need(
     "CAP_AUDIT_CONTROL",
-    "to read and set the audit status and receive audit records",
+    "to read the audit status and switch audit on",
     unless="probes.denials.audit: false",
 )
 AUDIT_READ: Final = Need(
     "CAP_AUDIT_READ",
-    "to read audit records while another audit daemon is registered",
+    "to receive audit records (the read-only multicast group)",
     unless="probes.denials.audit: false",
 )
 

@@ -25,9 +25,12 @@ class ExeCache:
     ) -> None:
         self._proc = proc
         self._ttl = ttl_ns
-        self._max = max_entries
+        self.max_entries = max_entries
         self._clock = clock
         self._cache: dict[int, tuple[int, str | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def cached(self, pid: int) -> tuple[bool, str | None]:
         """(True, the answer) when cached and fresh; (False, None) when a look-up is needed."""
@@ -43,7 +46,7 @@ class ExeCache:
             exe: str | None = os.readlink(self._proc / str(pid) / "exe")
         except OSError:
             exe = None
-        if len(self._cache) >= self._max:
+        if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[pid] = (self._clock(), exe)
         return exe

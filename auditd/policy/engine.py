@@ -10,6 +10,7 @@ is passed in.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -196,10 +197,15 @@ class _RuleState:
             window = self.windows[key] = _Window()
         else:
             self.windows.move_to_end(key)
-        window.entries.append((t, weight))
-        window.total += weight
-        horizon = t - int(th.window * 1e9)
         entries = window.entries
+        # In time order, whatever the arrival order (a refusal held for its LSM record, or a
+        # summary, arrives after later events): the window and first/last seen follow time.
+        if not entries or t >= entries[-1][0]:
+            entries.append((t, weight))
+        else:
+            entries.insert(bisect.bisect_right(entries, t, key=lambda e: e[0]), (t, weight))
+        window.total += weight
+        horizon = entries[-1][0] - int(th.window * 1e9)
         while entries and entries[0][0] <= horizon:
             window.total -= entries.popleft()[1]
         # Only the newest entries that reach `count` matter: this bounds memory under floods.
@@ -207,7 +213,8 @@ class _RuleState:
             window.total -= entries.popleft()[1]
         if window.total < th.count:
             return None
-        firing = Firing(int(window.total), entries[0][0], t, service, kind, fields, {service})
+        first, last = entries[0][0], entries[-1][0]
+        firing = Firing(int(window.total), first, last, service, kind, fields, {service})
         del self.windows[key]  # the next firing needs `count` new events
         return firing
 
@@ -361,6 +368,14 @@ class PolicyEngine:
         ]
         # Rules that can match each kind, in policy order: most rules name their kind.
         self._for_kind: dict[str, list[_RuleState]] = {}
+
+    def sizes(self) -> dict[str, int]:
+        """The most keys any rule tracks, per kind of state (each at most `max_keys`)."""
+        return {
+            "windows": max((len(s.windows) for s in self._rules), default=0),
+            "keys": max((len(s.keys) for s in self._rules), default=0),
+            "limiters": max((len(s.limiters) for s in self._rules), default=0),
+        }
 
     def evaluate(self, event: Event) -> list[Alert]:
         return self.evaluate_fields(event.kind, event.log_fields())

@@ -27,6 +27,8 @@ FLOORS = {
 }
 # Behaviours listed per service and kind; more are counted and named in the file, not listed.
 MAX_BEHAVIOURS = 1000
+# Services learned per event kind (cgroups are cheap to make: memory stays bounded).
+MAX_SERVICES = 1024
 # Fields that differ between two runs of the same behaviour: never part of its identity.
 VOLATILE = frozenset(
     {
@@ -111,6 +113,8 @@ class Learner:
         self.behaviours: dict[tuple[str, str], Counter[Behaviour]] = defaultdict(Counter)
         self.unlisted: Counter[tuple[str, str]] = Counter()
         self.envelopes: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        self._services_of: Counter[str] = Counter()  # services learned, per kind
+        self.unlearned = 0  # events of services beyond MAX_SERVICES of their kind
 
     def observe(self, event: Event) -> tuple[()]:
         self.observe_fields(event.kind, event.log_fields())
@@ -119,6 +123,11 @@ class Learner:
     def observe_fields(self, kind: str, fields: Mapping[str, object]) -> None:
         self.events += 1
         slot = (kind, str(fields.get("service") or "unknown"))
+        if slot not in self.behaviours and slot not in self.envelopes:
+            if self._services_of[kind] >= MAX_SERVICES:
+                self.unlearned += 1
+                return
+            self._services_of[kind] += 1
         profile = PROFILES.get(kind)
         if profile is not None and profile.envelope:
             envelope = self.envelopes[slot]
@@ -155,6 +164,14 @@ class Learner:
             f"# bpf-auditd policy learned on {_quote(host)} by `bpf-auditd learn`.",
             f"# Observed {start} to {end}: {self.events} events from "
             f"{len(self.services)} services, {self.behaviour_count} behaviours.",
+            *(
+                [
+                    f"# {self.unlearned} events of services beyond the first {MAX_SERVICES} of "
+                    "their kind were not learned: they will alert."
+                ]
+                if self.unlearned
+                else []
+            ),
             "#",
             "# Each `new-*` rule alerts on events of its kind that no `unless` entry allows; an",
             "# entry is one behaviour a service showed while learning. To allow more, widen an",

@@ -63,15 +63,13 @@ class KernelTotals(Generic[K, S]):
 
     def retire_removed(self) -> int:
         """Fold counters of removed cgroups into `retired`; returns how many keys were retired.
-        Blocks (map read, stat calls)."""
+        Blocks (map read, a cgroup walk)."""
         with self._lock:
-            # Only cgroups once seen can be known dead; unknown ids wait for a later pass.
-            gone = {
-                k: n
-                for k, n in self._source.read().items()
-                if self._resolver.cached(k.cgroup_id) is not None
-                and not self._resolver.alive(k.cgroup_id)
-            }
+            counts = self._source.read()
+            # Walked after the read: a key whose cgroup the walk does not find is dead, seen
+            # before or not (a short-lived cgroup must not hold its map entries forever).
+            dead = self._resolver.gone(k.cgroup_id for k in counts)
+            gone = {k: n for k, n in counts.items() if k.cgroup_id in dead}
             for key, count in gone.items():
                 for name, n in self._series(key, count):
                     self._retired[name] += n

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from auditd.kernel.cgroups import CgroupResolver, service_of
+from auditd.kernel.cgroups import UNKNOWN_SERVICE, CgroupResolver, service_of
 from auditd.model.labels import LabelCap
 from probes.allocations import ZERO, KindUsage, Live, Site, Usage, add_usage
 
@@ -57,14 +57,17 @@ class AllocationLedger:
         retired cgroup's final totals. Blocks (map reads and writes, stat calls)."""
         final: dict[int, KindUsage] = {}
         with self._lock:
-            for slot, cgroup_id in sorted(self.tables.owners().items()):
-                # Only cgroups once seen can be known dead; unknown ids wait for a later pass.
-                path = self._resolver.cached(cgroup_id)
-                if path is None or self._resolver.alive(cgroup_id):
+            owners = self.tables.owners()
+            # Walked after the read: a slot whose cgroup the walk does not find is dead, seen
+            # before or not (a short-lived cgroup must not hold its slot forever).
+            dead = self._resolver.gone(owners.values())
+            for slot, cgroup_id in sorted(owners.items()):
+                if cgroup_id not in dead:
                     continue
                 held = self.tables.release(slot)
                 add_usage(final.setdefault(cgroup_id, {}), held)
-                service = self._services(service_of(path))
+                path = self._resolver.cached(cgroup_id)
+                service = self._services(UNKNOWN_SERVICE if path is None else service_of(path))
                 for kind, u in held.items():
                     series = AllocationSeries(service, kind)
                     self._retired[series] = self._retired.get(series, ZERO) + u

@@ -76,7 +76,9 @@ class DenialTotals(KernelTotals[K, DenialSeries]):
 
 DENIALS = counter(
     "denials",
-    "Refusals by the kernel (EACCES/EPERM and LSM denials), counted exactly in the kernel.",
+    "Refused calls (EACCES/EPERM, seccomp kills), counted exactly in the kernel; source as the "
+    "tracepoints tell it (syscall, capability, selinux, seccomp): Landlock refusals count as "
+    "syscall, their rights are in lsm_denials.",
     "service",
     "source",
     "syscall",

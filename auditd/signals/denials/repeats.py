@@ -17,13 +17,18 @@ from probes.denials import DedupKey
 
 class RepeatAccountant:
     """Turns the kernel's running count per dedup key into `repeats` on records, and into
-    summaries for floods that stopped inside their window (so no repeat goes unreported)."""
+    summaries for floods that stopped inside their window (so no repeat goes unreported).
+    Bounded: at most `limit` keys (and their last record), the least recently recorded
+    forgotten first."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._accounted: OrderedDict[DedupKey, int] = OrderedDict()
         self._last: dict[DedupKey, Denial] = {}
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._accounted)
 
     def on_record(self, decoded: Decoded) -> Denial:
         key = decoded.key

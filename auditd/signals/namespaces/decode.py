@@ -3,6 +3,8 @@ enrichment (`identity`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from auditd.model.text import kernel_text
 from auditd.signals.namespaces.event import (
     CLONE_FLAGS,
@@ -18,9 +20,17 @@ from auditd.signals.namespaces.event import (
 from probes import namespaces as probe
 
 
-def decode(data: bytes, mono_to_wall_ns: int) -> NamespaceChange:
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    change: NamespaceChange  # `repeats` still 0: the accountant fills it
+    key: probe.DedupKey
+    seen: int  # calls of this combination so far, this one included
+
+
+def decode(data: bytes, mono_to_wall_ns: int) -> Decoded:
     """One ring-buffer record; ValueError when the bytes are too short or the op is unknown."""
-    return change_of(probe.parse(data), mono_to_wall_ns)
+    r = probe.parse(data)
+    return Decoded(change_of(r, mono_to_wall_ns), probe.DedupKey.of(r), r.seen)
 
 
 def change_of(r: probe.NamespaceRecord, mono_to_wall_ns: int) -> NamespaceChange:

@@ -105,8 +105,8 @@ class NamespaceChange(Event):
     FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
             "time_ns", "op", "types", "result", "flags", "escape", "escaped_types", "namespaces",
-            "child_pid", "fd", "target", "pidfd", "host_known", "flags_known", "pid", "tid",
-            "uid", "comm", "cgroup_id", "cgroup", "service",
+            "child_pid", "fd", "target", "pidfd", "host_known", "flags_known", "repeats",
+            "summary", "count", "pid", "tid", "uid", "comm", "cgroup_id", "cgroup", "service",
         }
     )  # fmt: skip
 
@@ -125,6 +125,13 @@ class NamespaceChange(Event):
     pidfd: bool = False  # setns through a pidfd: `moves` say where it went
     host_known: bool = True  # False: the host's namespaces were unknown, escapes not checked
     flags_known: bool = True  # False: clone3 arguments unreadable; types from inodes only
+    # Identical calls (same program — cgroup, uid, comm —, op, types, result, escapes, types
+    # that left the host's namespaces, setns target) since the previous record, not sent on
+    # their own (dedup window); they are in the exact counters.
+    repeats: int = 0
+    # A summary of `repeats` calls that no later record reported (the flood stopped); it shows
+    # the last record of the combination.
+    summary: bool = False
 
     @property
     def types(self) -> tuple[NamespaceType, ...]:
@@ -156,6 +163,11 @@ class NamespaceChange(Event):
             "pidfd": self.pidfd,
             "host_known": self.host_known,
             "flags_known": self.flags_known,
+            "repeats": self.repeats,
+            "summary": self.summary,
+            # Calls this event stands for (what thresholds add up): itself and its repeats, or
+            # for a summary only the repeats it reports.
+            "count": self.repeats if self.summary else 1 + self.repeats,
             "pid": self.pid,
             "tid": self.tid,
             "uid": self.uid,

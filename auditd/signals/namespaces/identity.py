@@ -38,6 +38,9 @@ class NamespaceIdentity:
     a namespace created it), then from a scan of /proc/*/ns (the lowest pid in it), rate
     limited. A cached owner is checked with one readlink before use, so a dead or recycled pid
     is never reported. Thread-safe; every /proc read tolerates vanished or hidden processes.
+    Bounded: each cache holds about `max_entries` namespaces at most (the created ones forget
+    their oldest half beyond it; a scan stops after the pid that reached it, keeping the lowest
+    pids'), so a flood of new namespaces costs at worst a rescan.
     """
 
     def __init__(
@@ -45,13 +48,13 @@ class NamespaceIdentity:
         proc: Path = Path("/proc"),
         *,
         rescan_interval: float = 1.0,
-        max_entries: int = 65536,
+        max_entries: int = 16384,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.proc = proc
         self.host: dict[NamespaceType, int] = {}
         self._rescan_interval = rescan_interval
-        self._max_entries = max_entries
+        self.max_entries = max_entries
         self._clock = clock
         self._created: dict[int, tuple[NamespaceType, int]] = {}
         self._scanned: dict[int, tuple[NamespaceType, int]] = {}
@@ -130,6 +133,8 @@ class NamespaceIdentity:
         """Index every readable /proc/PID/ns link; the lowest pid in a namespace owns it."""
         found: dict[int, tuple[NamespaceType, int]] = {}
         for pid in sorted(self._pids()):
+            if len(found) >= self.max_entries:
+                break
             for t in NamespaceType:
                 for link in LINKS[t]:
                     inode = self._readlink(pid, link)
@@ -139,6 +144,9 @@ class NamespaceIdentity:
             self._scanned = found
             self._last_scan = self._clock()
             self.scans += 1
+
+    def sizes(self) -> dict[str, int]:
+        return {"created": len(self._created), "scanned": len(self._scanned)}
 
     def forget_dead(self) -> int:
         """Drop created-namespace owners that no longer hold their namespace."""
@@ -191,6 +199,6 @@ class NamespaceIdentity:
 
     def _bound(self, cache: dict[int, Any]) -> None:
         # Bounded: forget the oldest half (dicts keep insertion order); a miss rescans.
-        if len(cache) > self._max_entries:
+        if len(cache) > self.max_entries:
             for inode in list(cache)[: len(cache) // 2]:
                 del cache[inode]

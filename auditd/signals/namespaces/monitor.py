@@ -1,10 +1,9 @@
-"""Namespace monitor: the probes of namespaces.bpf.c, PID 1's namespaces for escape checks, and
-the per-service totals."""
+"""Namespace monitor: the probes of namespaces.bpf.c, PID 1's namespaces for escape checks, the
+per-service totals, and repeats accounted (records deduplicated in the kernel)."""
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import time
 from typing import Any
 
@@ -16,8 +15,9 @@ from auditd.kernel.context import KernelContext
 from auditd.model.labels import LabelCap
 from auditd.signals.monitor import Monitor
 from auditd.signals.namespaces import decode as decoding
-from auditd.signals.namespaces.event import TYPES
+from auditd.signals.namespaces.event import TYPES, NamespaceChange
 from auditd.signals.namespaces.identity import NamespaceIdentity
+from auditd.signals.namespaces.repeats import RepeatAccountant
 from auditd.signals.namespaces.totals import NamespaceTotals
 from exporters.families import Family, counter
 from probes import namespaces as probe
@@ -79,6 +79,9 @@ class NamespaceMonitor(Monitor):
         self.totals: NamespaceTotals | None = None
         self._counters: probe.NamespaceCounters | None = None
         self._pending: Any = None
+        self._recent: Any = None
+        # Twice the kernel's LRU: a key is forgotten here only after the kernel forgot it.
+        self.accountant = RepeatAccountant(2 * config.recent_entries)
         self._loaded = False
         self._log = structlog.get_logger("bpf-auditd")
 
@@ -114,16 +117,25 @@ class NamespaceMonitor(Monitor):
                 "went",
             )
         self._loaded = True
+        offset = kernel.mono_to_wall_ns
+        accountant = self.accountant
+
+        def on_record(data: bytes) -> NamespaceChange:
+            # On the reader thread: decode (pure), then account the kernel's repeat count.
+            return accountant.on_record(decoding.decode(data, offset))
+
         return [
             ProbeSpec(
                 name=self.name,
                 source=probe.SOURCE,
                 ringbuf="ns_events",
                 drops="ns_drops",
-                decode=functools.partial(decoding.decode, mono_to_wall_ns=kernel.mono_to_wall_ns),
+                decode=on_record,
                 cflags=(
                     f"-DNS_COUNTER_ENTRIES={self.config.counter_entries}",
                     f"-DNS_PENDING_ENTRIES={self.config.pending_entries}",
+                    f"-DNS_RECENT_ENTRIES={self.config.recent_entries}",
+                    f"-DNS_WINDOW_NS={int(self.config.window * 1e9)}ULL",
                 ),
                 tracepoints=attach,
                 raw_tracepoints=probe.RAW_TRACEPOINTS if kernel.plan.struct_reads else (),
@@ -138,6 +150,7 @@ class NamespaceMonitor(Monitor):
         )
         self.totals = NamespaceTotals(self._counters, self._resolver, self._services)
         self._pending = probes.table("ns_pending")
+        self._recent = probes.table("ns_recent")
         host_table = probe.HostTable(probes.table("ns_host_table"))
         _unshare_nothing()
         inodes = host_table.read()
@@ -178,9 +191,14 @@ class NamespaceMonitor(Monitor):
             ),
         ]
 
-    def housekeeping(self) -> None:
+    def housekeeping(self) -> list[NamespaceChange]:
+        """Retire removed cgroups' counters, prune stale per-thread entries and dead owners;
+        summarize floods that stopped inside a window."""
         if self.totals is None:
-            return
+            return []
         self.totals.retire_removed()
         probe.prune_pending(self._pending, time.monotonic_ns() - PENDING_MAX_AGE_NS)
         self.identity.forget_dead()
+        recent = probe.read_recent(self._recent)
+        window_ns = int(self.config.window * 1e9)
+        return self.accountant.summaries(recent, time.monotonic_ns(), window_ns)
