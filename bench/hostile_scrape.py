@@ -40,6 +40,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _hostile import WORKLOAD, Scraper, percentile, policy
 
+from auditd.kernel.cgroups import cgroup2_path
+from auditd.kernel.paths import KernelPaths
+
 
 class Daemon:
     def __init__(self, tree: Path, config: Path, policy_file: Path) -> None:
@@ -87,7 +90,9 @@ class Daemon:
 
 @contextlib.contextmanager
 def cgroup() -> Iterator[Path]:
-    root = Path("/sys/fs/cgroup")
+    root = cgroup2_path(KernelPaths())
+    if root is None:
+        raise SystemExit("no cgroup v2 mount")
     path = root / f"bpf-auditd-hostile-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     try:
@@ -104,10 +109,10 @@ def cgroup() -> Iterator[Path]:
                 time.sleep(0.05)
 
 
-def accounted(url: str) -> tuple[float, float]:
+def accounted(url: str, timeout: float) -> tuple[float, float]:
     """(denial records read from the ring buffer, those dropped in the queue or ignored): once
     the daemon has logged received - dropped of them, the policy has seen every one."""
-    with urllib.request.urlopen(url, timeout=600) as resp:
+    with urllib.request.urlopen(url, timeout=max(timeout, 1.0)) as resp:
         text = resp.read().decode()
     got = gone = 0.0
     for line in text.splitlines():
@@ -161,10 +166,10 @@ def main() -> None:
         daemon = Daemon(args.tree, config, policy_file)
         try:
             url = daemon.ready(timeout=min(args.limit, 120))
-            with Scraper(url, pause=0.0, timeout=args.limit) as idle:
+            with Scraper(url, pause=0.0, timeout=args.limit, wait=False) as idle:
                 time.sleep(args.idle)
             started = time.monotonic()
-            with Scraper(url, pause=0.0, timeout=args.limit) as hostile:
+            with Scraper(url, pause=0.0, timeout=args.limit, wait=False) as hostile:
                 prologue = (
                     "import os\n"
                     f"open({str(cg / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
@@ -176,8 +181,11 @@ def main() -> None:
                 )  # fmt: skip
                 workload_s = time.monotonic() - started
                 # Until the daemon has logged every refusal that reached it (or the limit).
-                while time.monotonic() - started < args.limit:
-                    got, gone = accounted(url)
+                while (left := args.limit - (time.monotonic() - started)) > 0:
+                    try:
+                        got, gone = accounted(url, left)
+                    except OSError:  # no answer within the limit
+                        break
                     if daemon.denials >= got - gone:
                         break
                     time.sleep(0.5)

@@ -67,13 +67,19 @@ print(refused, flush=True)
 class Scraper:
     """Scrapes `url` back to back in a thread and keeps each scrape's latency (seconds)."""
 
-    def __init__(self, url: str, pause: float = 0.02, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, pause: float = 0.02, timeout: float = 30.0, *, wait: bool = True
+    ) -> None:
+        # `wait=False`: on exit, a scrape still under way is counted at its time so far, not
+        # waited for (a stalled daemon would hold the caller up to `timeout`).
         self.url = url
+        self.wait = wait
         self.pause = pause
         self.timeout = timeout
         self.latencies: list[float] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
+        self._started: float | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Scraper:
@@ -82,17 +88,24 @@ class Scraper:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(self.timeout + 5)
+        if self.wait:
+            self._thread.join(self.timeout + 5)
+        elif self._thread.is_alive() and self._started is not None:
+            self.latencies.append(time.monotonic() - self._started)
+            self.failures.append("still waiting for an answer at the end")
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.monotonic()
+            started = self._started = time.monotonic()
             try:
                 with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:
                     resp.read()
             except OSError as exc:
                 self.failures.append(str(exc))
+            if self._stop.is_set() and not self.wait:
+                return  # counted by __exit__
             self.latencies.append(time.monotonic() - started)
+            self._started = None
             self._stop.wait(self.pause)
 
 
