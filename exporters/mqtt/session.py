@@ -20,10 +20,16 @@ from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from exporters.mqtt import protocols
 from exporters.mqtt.config import MqttConfig
 from exporters.mqtt.outbox import Message, Outbox
-from exporters.mqtt.protocols import NAMES, ProtocolMemory
+from exporters.mqtt.protocols import (
+    NAMES,
+    ProtocolMemory,
+    no_connack,
+    order,
+    release,
+    version_refused,
+)
 
 log = structlog.get_logger("bpf-auditd.mqtt")
 
@@ -123,7 +129,7 @@ class Session:
         """One connection, trying the versions in order while the failure is a version
         question; the error that ended it (None: closed as asked)."""
         failure: Exception | None = None
-        versions = protocols.order(self.config.protocol, self._remembered)
+        versions = order(self.config.protocol, self._remembered)
         for i, protocol in enumerate(versions):
             before = self.connections
             try:
@@ -152,10 +158,10 @@ class Session:
     def _version_question(self, exc: BaseException) -> str | None:
         """Why the broker may not speak this version; None when the failure is anything else
         (network, TLS, credentials), which another version would not fix."""
-        if protocols.version_refused(exc):
+        if version_refused(exc):
             return f"CONNACK refused the version ({describe_error(exc)})"
         tls = self._client_log.last_error is not None and "SSL" in self._client_log.last_error
-        if protocols.no_connack(exc) and not tls:
+        if no_connack(exc) and not tls:
             return (
                 f"no CONNACK within {self.config.connect_timeout:g} s "
                 "(silence, or the connection was dropped)"
@@ -252,7 +258,7 @@ class Session:
                     self.connected = False
         except aiomqtt.MqttError:
             if self.connections == before:  # never got up: aiomqtt may hold its socket open
-                protocols.release(client)
+                release(client)
             raise
 
     async def _serve(self, client: aiomqtt.Client, properties: Properties | None) -> None:
