@@ -85,6 +85,9 @@ def audit(data: bytes) -> None:
     while fdp.remaining_bytes():
         kind = fdp.PickValueInList(RECORD_TYPES)
         text = fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 512))
+        if fdp.ConsumeBool():  # a well-formed stamp, so the body reaches the parsers
+            serial = fdp.ConsumeIntInRange(0, 3)
+            text = f"audit(1700000000.{serial:03d}:{serial}): {text}"
         now += fdp.ConsumeProbability()
         events += assembler.add(kind, text, now)
         events += assembler.expire(now)
