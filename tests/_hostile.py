@@ -70,8 +70,8 @@ class Scraper:
     def __init__(
         self, url: str, pause: float = 0.02, timeout: float = 30.0, *, wait: bool = True
     ) -> None:
-        # `wait=False`: on exit, a scrape still under way is counted at its time so far, not
-        # waited for (a stalled daemon would hold the caller up to `timeout`).
+        # `wait=False`: on exit, a scrape still under way is counted at its time so far (a
+        # lower bound), not waited for: a stalled daemon would hold the caller up to `timeout`.
         self.url = url
         self.wait = wait
         self.pause = pause
@@ -90,9 +90,8 @@ class Scraper:
         self._stop.set()
         if self.wait:
             self._thread.join(self.timeout + 5)
-        elif self._thread.is_alive() and self._started is not None:
-            self.latencies.append(time.monotonic() - self._started)
-            self.failures.append("still waiting for an answer at the end")
+        elif self._thread.is_alive() and (started := self._started) is not None:
+            self.latencies.append(time.monotonic() - started)
 
     def _run(self) -> None:
         while not self._stop.is_set():
