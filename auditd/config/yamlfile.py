@@ -25,12 +25,20 @@ class ConfigError(Exception):
     """A configuration file that cannot be used, located to file, line and key."""
 
     def __init__(self, file: str, line: int | None, key: str, message: str) -> None:
+        # One line whatever the file holds: a key or value may carry a newline or a control.
+        key, message = _printable(key), _printable(message)
         self.file = file
         self.line = line
         self.key = key
         self.message = message
         where = f"{file}:{line}" if line is not None else file
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def resolve_path(value: str, config_file: Path | None) -> Path:
