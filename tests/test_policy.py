@@ -120,13 +120,63 @@ MALFORMED = [
         "bad-regex",
         "rules:\n  - name: r\n    match:\n      comm: {regex: '(oops'}\n",
         4,
-        "rules[0].match.comm.regex: bad regex '(oops': missing ), unterminated subpattern",
+        "rules[0].match.comm.regex: bad regex '(oops': missing )",
     ),
     (
         "bad-glob",
         "rules:\n  - name: r\n    match:\n      target: {glob: '/etc/[ab'}\n",
         4,
         "rules[0].match.target.glob: bad glob '/etc/[ab': unclosed '[' at position 6",
+    ),
+    # What RE2 (linear time) cannot do, or only slowly: refused, with the line.
+    (
+        "regex-backreference",
+        "rules:\n  - name: r\n    match:\n      comm: {regex: '(a)\\1'}\n",
+        4,
+        "rules[0].match.comm.regex: bad regex '(a)\\\\1': invalid escape sequence: \\1",
+    ),
+    (
+        "regex-lookahead",
+        "rules:\n  - name: r\n    match:\n      target: {regex: '/etc/(?!ssh)'}\n",
+        4,
+        "invalid perl operator: (?!",
+    ),
+    (
+        "regex-possessive",
+        "rules:\n  - name: r\n    match:\n      target: {regex: 'a++'}\n",
+        4,
+        "bad repetition operator: ++",
+    ),
+    (
+        "regex-open-lower-bound",
+        "rules:\n  - name: r\n    match:\n      target: {regex: 'a{,3}'}\n",
+        4,
+        "`{,n}` is literal text in RE2; write `{0,n}`",
+    ),
+    (
+        "regex-too-complex",
+        "rules:\n  - name: r\n    match:\n      target: {regex: '(?:a?){300}a{300}'}\n",
+        4,
+        "too complex for linear-time matching: RE2 program size 904, limit 500",
+    ),
+    (
+        "glob-too-complex",
+        "rules:\n  - name: r\n    match:\n      target: {glob: '/" + "a" * 600 + "'}\n",
+        4,
+        "rules[0].match.target.glob: bad glob",
+    ),
+    (
+        "ignore-cgroup-glob-too-complex",
+        "ignore:\n  cgroups: ['/" + "*a" * 100 + "']\n" + RULE,
+        2,
+        "ignore.cgroups[0]: bad glob",
+    ),
+    (
+        "ignore-cgroup-not-absolute",
+        "ignore:\n  cgroups: [system.slice]\n" + RULE,
+        2,
+        "ignore.cgroups[0]: expected a cgroup v2 path or glob starting with '/', "
+        "got 'system.slice'",
     ),
     (
         "negative-window",

@@ -1,9 +1,7 @@
 """A policy's `match`/`unless` YAML compiled into conditions (`conditions`), every error located
-to file, line and key; and globs compiled to regular expressions."""
+to file, line and key."""
 
 from __future__ import annotations
-
-import re
 
 import yaml
 
@@ -28,47 +26,7 @@ from auditd.policy.conditions import (
     ValueTest,
     any_of,
 )
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` and `?` stay within one path segment, `**` crosses segments, `[abc]`/`[!abc]` are
-    classes. ValueError says what is wrong (an unclosed `[`, a reversed range)."""
-    if not pattern:
-        raise ValueError("empty pattern")
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = i + 1
-            if j < len(pattern) and pattern[j] in "!^":
-                j += 1
-            if j < len(pattern) and pattern[j] == "]":
-                j += 1
-            end = pattern.find("]", j)
-            if end == -1:
-                raise ValueError(f"unclosed '[' at position {i + 1}")
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
-            if body[:1] in ("!", "^"):
-                body = "^" + body[1:]
-            out.append(f"[{body}]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    try:
-        return re.compile("".join(out), re.DOTALL)
-    except re.error as exc:
-        raise ValueError(exc.msg) from exc
-
+from auditd.policy.patterns import PatternError, Prefix, Suffix, compile_glob, compile_regex
 
 OPERATORS = (
     "eq",
@@ -200,20 +158,14 @@ def _operator(op: str, node: yaml.Node, file: str, key: str) -> ValueTest:
             raise ConfigError(file, line, key, f"expected {SIZE_EXPECTED}, got {value!r}") from None
     if not isinstance(value, str) or not value:
         raise ConfigError(file, line, key, f"expected non-empty text, got {value!r}")
-    if op == "regex":
-        try:
-            return Pattern(op, value, re.compile(value))
-        except re.error as exc:
-            raise ConfigError(file, line, key, f"bad regex {value!r}: {exc.msg}") from None
-    if op == "glob":
-        try:
-            return Pattern(op, value, glob_regex(value))
-        except ValueError as exc:
-            raise ConfigError(file, line, key, f"bad glob {value!r}: {exc}") from None
-    escaped = re.escape(value)
-    return Pattern(
-        op, value, re.compile(escaped + ".*" if op == "prefix" else ".*" + escaped, re.DOTALL)
-    )
+    try:
+        if op == "regex":
+            return Pattern(op, value, compile_regex(value))
+        if op == "glob":
+            return Pattern(op, value, compile_glob(value))
+    except PatternError as exc:
+        raise ConfigError(file, line, key, f"bad {op} {value!r}: {exc}") from None
+    return Pattern(op, value, Prefix(value) if op == "prefix" else Suffix(value))
 
 
 def _scalar(node: yaml.Node, file: str, key: str, expected: str) -> object:

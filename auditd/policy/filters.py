@@ -9,18 +9,19 @@ from collections.abc import Mapping
 from auditd.kernel.cgroups import service_of
 from auditd.model.errnos import errno_number
 from auditd.model.filter import KernelFilter
-from auditd.policy.compiler import glob_regex
 from auditd.policy.conditions import Fields
 from auditd.policy.language import Ignore
+from auditd.policy.patterns import compile_glob
 
-_glob = functools.lru_cache(maxsize=256)(glob_regex)
+# Linear-time matching (RE2): a cgroup name can be chosen by a user with a delegated subtree.
+_glob = functools.lru_cache(maxsize=256)(compile_glob)
 
 
 def ignored_cgroup(ignore: Ignore, path: str) -> bool:
     """Whether a cgroup (v2 path) belongs to an ignored service or matches an ignored pattern."""
     if service_of(path) in ignore.services:
         return True
-    return any(_glob(p).fullmatch(path) for p in ignore.cgroups)
+    return any(_glob(p).matches(path) for p in ignore.cgroups)
 
 
 def kernel_filter(ignore: Ignore, cgroups: Mapping[int, str]) -> KernelFilter:

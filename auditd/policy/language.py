@@ -21,8 +21,9 @@ from auditd.model.errnos import errno_name, errno_number
 from auditd.model.event import Source
 from auditd.model.units import DURATION_EXPECTED, parse_duration
 from auditd.policy import fields
-from auditd.policy.compiler import compile_condition, glob_regex
+from auditd.policy.compiler import compile_condition
 from auditd.policy.conditions import FIELD_NAME, Condition, Fields
+from auditd.policy.patterns import PatternError, compile_glob
 
 VERSION = 1
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policies" / "default.yaml"
@@ -74,10 +75,19 @@ def _errno_name(value: object) -> str:
     return name
 
 
-def _glob(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(value)
-    glob_regex(value)
+_CGROUP_EXPECTED = "a cgroup v2 path or glob starting with '/'"
+
+
+def _cgroup_glob(node: yaml.Node, file: str, key: str) -> str:
+    line = node.start_mark.line + 1
+    value = yamlfile.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, str) or not value.startswith("/"):
+        got = repr(value) if isinstance(node, yaml.ScalarNode) else "a collection"
+        raise ConfigError(file, line, key, f"expected {_CGROUP_EXPECTED}, got {got}")
+    try:
+        compile_glob(value)
+    except PatternError as exc:
+        raise ConfigError(file, line, key, f"bad glob {value!r}: {exc}") from None
     return value
 
 
@@ -123,11 +133,7 @@ class Ignore:
     )
     cgroups: tuple[str, ...] = field(
         default=(),
-        metadata=_meta(
-            "a cgroup v2 path or glob starting with '/'",
-            parse=_glob,
-            check=lambda v: v.startswith("/"),
-        ),
+        metadata=_meta(_CGROUP_EXPECTED, build=_cgroup_glob),
     )
     syscalls: tuple[str, ...] = field(
         default=(), metadata=_meta("a syscall name", check=lambda v: isinstance(v, str) and v)

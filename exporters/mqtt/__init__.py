@@ -29,6 +29,7 @@ import structlog
 from exporters.families import Family, counter, gauge
 from exporters.mqtt.config import MqttConfig, parse_mqtt_url
 from exporters.mqtt.outbox import DROP_LOG_INTERVAL_S, DROP_REASONS, Outbox, OutboxError
+from exporters.mqtt.protocols import ProtocolMemory
 from exporters.mqtt.session import Endpoint, Session
 from exporters.mqtt.topics import alert_topic, encode, expand, status_topic, topic_of
 from exporters.sink import Publishable, SinkError
@@ -135,7 +136,8 @@ class MqttSink:
             max_bytes=config.spool_max_bytes,
             clock=clock,
         )
-        self.session = Session(config, endpoint, self.outbox)
+        memory = ProtocolMemory(state_dir, config.url) if config.protocol == "auto" else None
+        self.session = Session(config, endpoint, self.outbox, memory)
         self._runner: asyncio.Task[None] | None = None
 
     # -- telemetry (read from the metrics thread) -------------------------------------------

@@ -91,8 +91,15 @@ class MqttConfig:
         ),
     )
     qos: int = field(default=1, metadata=_check(lambda v: v in (0, 1, 2), "0, 1 or 2"))
-    # auto: MQTT v5, falling back to 3.1.1 when the broker refuses the protocol version.
+    # auto: MQTT 5 or 3.1.1, whichever the broker speaks: the version that last worked first
+    # (remembered in state_dir per broker URL), the other when a version is refused, met with
+    # silence or dropped before CONNACK.
     protocol: Literal["auto", "v5", "v311"] = "auto"
+    # Seconds to wait for CONNACK; also how long a broker that ignores a version takes to be
+    # recognised as one.
+    connect_timeout: float = field(
+        default=10.0, metadata=_check(lambda v: 0.1 <= v <= 300, "0.1..300 seconds")
+    )
     username: str | None = None
     # Never the secret itself: where to read it.
     password: str | None = field(

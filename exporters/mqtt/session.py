@@ -1,6 +1,7 @@
-"""The broker connection: connect (MQTT 5, or 3.1.1), publish the outbox in order with a window of
-unacknowledged messages, reconnect with backoff and jitter, say online/offline on the status
-topic."""
+"""The broker connection: connect (MQTT 5 or 3.1.1; with `auto`, the version that last worked
+first and the other when a version is refused, met with silence or dropped: `protocols`),
+publish the outbox in order with a window of unacknowledged messages, reconnect with backoff
+and jitter, say online/offline on the status topic."""
 
 from __future__ import annotations
 
@@ -21,16 +22,21 @@ from paho.mqtt.properties import Properties
 
 from exporters.mqtt.config import MqttConfig
 from exporters.mqtt.outbox import Message, Outbox
+from exporters.mqtt.protocols import (
+    NAMES,
+    ProtocolMemory,
+    no_connack,
+    order,
+    release,
+    version_refused,
+)
 
 log = structlog.get_logger("bpf-auditd.mqtt")
 
 WINDOW = 20  # publishes awaiting PUBACK at once (paho's default in-flight limit)
 PUBLISH_TIMEOUT_S = 30.0  # no PUBACK by then: treat the connection as broken, resend
-CONNECT_TIMEOUT_S = 10.0
 FIRST_RETRY_S = 0.5
 OFFLINE_TIMEOUT_S = 0.5
-# CONNACK codes for "this protocol version is not spoken here" (3.1.1: 1, v5: 0x84).
-_UNSUPPORTED_PROTOCOL = {1, 0x84}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -41,11 +47,6 @@ def describe_error(exc: BaseException) -> str:
         return str(exc)
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
-
-
-def _connect_code(exc: MqttConnectError) -> int | None:
-    rc = exc.rc
-    return rc if isinstance(rc, int) else getattr(rc, "value", None)
 
 
 class _ClientLog(logging.Handler):
@@ -80,15 +81,18 @@ class Endpoint:
 class Session:
     """`run()` keeps a connection up until `close()` (then flushes what it can, in time)."""
 
-    def __init__(self, config: MqttConfig, endpoint: Endpoint, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        endpoint: Endpoint,
+        outbox: Outbox,
+        memory: ProtocolMemory | None = None,
+    ) -> None:
         self.config = config
         self.endpoint = endpoint
         self.outbox = outbox
-        self._protocol = (
-            aiomqtt.ProtocolVersion.V311
-            if config.protocol == "v311"
-            else aiomqtt.ProtocolVersion.V5
-        )
+        self.memory = memory  # `auto` only: the version that worked last, per broker URL
+        self._remembered = memory.load() if memory is not None else None
         self._closing = asyncio.Event()
         self._abandon = False
         self._last_error: str | None = None
@@ -108,26 +112,10 @@ class Session:
     async def run(self) -> None:
         delay = FIRST_RETRY_S
         while not self._closing.is_set():
-            protocol = self._protocol
             before = self.connections
-            try:
-                await self._connection(protocol)
+            failure = await self._attempt()
+            if failure is None:
                 return
-            except aiomqtt.MqttError as exc:
-                if (
-                    isinstance(exc, MqttConnectError)
-                    and self.config.protocol == "auto"
-                    and protocol is aiomqtt.ProtocolVersion.V5
-                    and _connect_code(exc) in _UNSUPPORTED_PROTOCOL
-                ):
-                    self._protocol = aiomqtt.ProtocolVersion.V311
-                    log.info("mqtt_protocol_fallback", broker=self.endpoint.url, protocol="3.1.1")
-                    continue
-                failure: Exception = exc
-            except (OSError, ValueError, RuntimeError) as exc:
-                # What paho raises outside aiomqtt's translation: retried like a refused
-                # connection (and logged), so alerts keep being spooled rather than stranded.
-                failure = exc
             lost = self.connections > before  # it was up: a disconnection, retry soon
             if lost:
                 delay = FIRST_RETRY_S
@@ -137,13 +125,63 @@ class Session:
                 await asyncio.wait_for(self._closing.wait(), delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.config.reconnect_max_delay)
 
+    async def _attempt(self) -> Exception | None:
+        """One connection, trying the versions in order while the failure is a version
+        question; the error that ended it (None: closed as asked)."""
+        failure: Exception | None = None
+        versions = order(self.config.protocol, self._remembered)
+        for i, protocol in enumerate(versions):
+            before = self.connections
+            try:
+                await self._connection(protocol)
+                return None
+            except aiomqtt.MqttError as exc:
+                failure = exc
+            except (OSError, ValueError, RuntimeError) as exc:
+                # What paho raises outside aiomqtt's translation: retried like a refused
+                # connection (and logged), so alerts keep being spooled rather than stranded.
+                return exc
+            if self.connections > before or i + 1 == len(versions):
+                break
+            why = self._version_question(failure)
+            if why is None:
+                break
+            log.info(
+                "mqtt_protocol_fallback",
+                broker=self.endpoint.url,
+                failed=NAMES[protocol],
+                why=why,
+                protocol=NAMES[versions[i + 1]],
+            )
+        return failure
+
+    def _version_question(self, exc: BaseException) -> str | None:
+        """Why the broker may not speak this version; None when the failure is anything else
+        (network, TLS, credentials), which another version would not fix."""
+        if version_refused(exc):
+            return f"CONNACK refused the version ({describe_error(exc)})"
+        tls = self._client_log.last_error is not None and "SSL" in self._client_log.last_error
+        if no_connack(exc) and not tls:
+            return (
+                f"no CONNACK within {self.config.connect_timeout:g} s "
+                "(silence, or the connection was dropped)"
+            )
+        return None
+
+    def _connected_with(self, protocol: aiomqtt.ProtocolVersion) -> None:
+        if self.memory is None or self.config.protocol != "auto":
+            return
+        if protocol is not self._remembered and self.memory.save(protocol):
+            log.info("mqtt_protocol_remembered", broker=self.endpoint.url, protocol=NAMES[protocol])
+        self._remembered = protocol
+
     def _report(self, exc: BaseException, *, lost: bool, retry_in: float) -> None:
         """One log line per disconnection, and per distinct reason a connection fails (a
         broker that stays down, or refuses our credentials, is not logged every retry)."""
         error = describe_error(exc)
         if not lost and error == "Operation timed out":
             # No CONNACK: say why when paho saw it (e.g. the broker wants a client certificate).
-            why = self._client_log.last_error or f"nothing within {CONNECT_TIMEOUT_S:g} s"
+            why = self._client_log.last_error or f"nothing within {self.config.connect_timeout:g} s"
             error = f"no answer to CONNECT: {why}"
         if not lost:
             self.connect_failures += 1
@@ -173,7 +211,7 @@ class Session:
             clean_session=None if v5 else True,
             clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,  # v3: the only value
             keepalive=self.config.keepalive,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=self.config.connect_timeout,
             tls_context=self.endpoint.tls,
             logger=self._client_log.logger,
             max_inflight_messages=WINDOW,
@@ -193,28 +231,35 @@ class Session:
     async def _connection(self, protocol: aiomqtt.ProtocolVersion) -> None:
         client = self._client(protocol)
         status = self.endpoint.status_topic
-        async with client:
-            self.connections += 1
-            self.connected = True
-            self._last_error = None
-            log.info(
-                "mqtt_connected",
-                broker=self.endpoint.url,
-                protocol="5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
-                client_id=self.endpoint.client_id,
-                unacknowledged=len(self.outbox),
-            )
-            try:
-                await client.publish(
-                    status, b"online", qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S
+        before = self.connections
+        try:
+            async with client:
+                self.connections += 1
+                self.connected = True
+                self._last_error = None
+                self._connected_with(protocol)
+                log.info(
+                    "mqtt_connected",
+                    broker=self.endpoint.url,
+                    protocol=NAMES[protocol],
+                    client_id=self.endpoint.client_id,
+                    unacknowledged=len(self.outbox),
                 )
-                await self._serve(client, self._properties(protocol))
-                # A clean DISCONNECT suppresses the will: say offline ourselves.
-                await client.publish(
-                    status, b"offline", qos=1, retain=True, timeout=OFFLINE_TIMEOUT_S
-                )
-            finally:
-                self.connected = False
+                try:
+                    await client.publish(
+                        status, b"online", qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S
+                    )
+                    await self._serve(client, self._properties(protocol))
+                    # A clean DISCONNECT suppresses the will: say offline ourselves.
+                    await client.publish(
+                        status, b"offline", qos=1, retain=True, timeout=OFFLINE_TIMEOUT_S
+                    )
+                finally:
+                    self.connected = False
+        except aiomqtt.MqttError:
+            if self.connections == before:  # never got up: aiomqtt may hold its socket open
+                release(client)
+            raise
 
     async def _serve(self, client: aiomqtt.Client, properties: Properties | None) -> None:
         """Publish until asked to close; raises MqttError when the connection is lost."""
