@@ -98,7 +98,7 @@ def test_denial_records_decode_or_raise_value_error(data: bytes, offset: int) ->
 @given(_record_bytes(NamespaceRecord), st.integers(-(2**63), 2**63))
 def test_namespace_records_decode_or_raise_value_error(data: bytes, offset: int) -> None:
     try:
-        change = namespaces.decode(data, offset)
+        decoded = namespaces.decode(data, offset)
     except ValueError:
         return
-    change.log_fields()
+    decoded.change.log_fields()

@@ -40,6 +40,7 @@ def _alert() -> Alert:
         count=1,
         first_seen_ns=now,
         last_seen_ns=now,
+        host="test-host",
     )
 
 
