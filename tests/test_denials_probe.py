@@ -302,7 +302,7 @@ def test_selinux_cause_attaches_where_selinux_runs() -> None:
 
     probes = Loaded(10.0, "-DDENIAL_SELINUX")
     try:
-        attached = [str(tp) for tp in probes.probes._bpf.tracepoint_fds]
+        attached = [a.target for a in probes.probes.attachments()]
     finally:
         probes.close()
     assert any("selinux_audited" in tp for tp in attached), attached

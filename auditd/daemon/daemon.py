@@ -194,7 +194,7 @@ class Daemon:
             raise DaemonError(privileges.describe(lacking))
         self._loop = asyncio.get_running_loop()
         with self._signals():
-            probes = build_probe_set(self.config, self.monitors, self.paths, self.log)
+            probes = build_probe_set(self.config, self.monitors, self.paths, self.log, daemon=True)
             started = time.monotonic()
             await asyncio.to_thread(self.resolver.rescan)
             try:
@@ -213,11 +213,17 @@ class Daemon:
                         MetricsServer(host, port, self.families, self.declared(), self.web)
                     )
                     probes.start(self._deliver_threadsafe, self._reader_failed)
+                    built = probes.report
+                    if built.cache_note:
+                        self.log.warning("probe_cache", note=built.cache_note)
                     self.log.info(
                         "ready",
                         probes=[s.name for s in probes.specs],
                         metrics=server.url,
                         start_s=round(time.monotonic() - started, 3),
+                        image=built.image,
+                        compile_s=round(built.compile_s, 3),
+                        load_s=round(built.load_s, 3),
                         pid=os.getpid(),
                     )
                     self.notifier.ready(f"attached {', '.join(s.name for s in probes.specs)}")
