@@ -340,6 +340,23 @@ class ProgLoadAttr(ctypes.Structure):
 _LOG_SIZE = 4 << 20
 
 
+def _func_btf(name: str) -> bytes:
+    """BTF naming one function `int name(void *ctx)` (static linkage, so the verifier checks
+    nothing against it): with it, bpftool and bpf_prog_info show the whole name, not the 15
+    bytes prog_name holds."""
+    strings = b"\0int\0ctx\0" + name.encode() + b"\0"
+    types = b"".join(
+        (
+            struct.pack("<IIII", 1, 1 << 24, 4, (1 << 24) | 32),  # [1] int
+            struct.pack("<III", 0, 2 << 24, 0),  # [2] void *
+            struct.pack("<III", 0, (13 << 24) | 1, 1) + struct.pack("<II", 5, 2),  # [3] proto
+            struct.pack("<III", 9, 12 << 24, 3),  # [4] func, static
+        )
+    )
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
 def prog_load(
     prog_type: int,
     insns: bytes,
@@ -362,6 +379,23 @@ def prog_load(
         expected_attach_type=attach_type,
         attach_btf_id=attach_btf_id,
     )
+    func_info = (ctypes.c_uint32 * 2)(0, 4)  # instruction 0 is function [4]
+    try:
+        btf_fd = btf_load(_func_btf(name))
+    except OSError:
+        btf_fd = -1  # no BTF loading here: the name stays cut at 15 bytes
+    if btf_fd >= 0:
+        attr.prog_btf_fd = btf_fd
+        attr.func_info_rec_size, attr.func_info_cnt = 8, 1
+        attr.func_info = ctypes.addressof(func_info)
+    try:
+        return _load(attr)
+    finally:
+        if btf_fd >= 0:
+            os.close(btf_fd)
+
+
+def _load(attr: ProgLoadAttr) -> int:
     try:
         return bpf(PROG_LOAD, attr)
     except OSError as first:

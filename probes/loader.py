@@ -115,6 +115,15 @@ class LoadedImage:
                 raise LoadError(f"no map {name} in the probes") from exc
             key = ctype_of(spec.key_desc) if spec.key_size else ctypes.c_uint32
             leaf = ctype_of(spec.leaf_desc) if spec.value_size else ctypes.c_uint32
+            for what, ctype, size in (
+                ("key", key, spec.key_size),
+                ("value", leaf, spec.value_size),
+            ):
+                if size and ctypes.sizeof(ctype) != size:
+                    raise LoadError(
+                        f"map {name}: its {what} type is described as {ctypes.sizeof(ctype)} "
+                        f"bytes, the map's are {size}"
+                    )
             self._tables[name] = Table(
                 self.map_fds[name],
                 name,

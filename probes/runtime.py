@@ -302,6 +302,15 @@ class ProbeSet:
             raise ProbeError(f"attaching {function} to tp_btf/{tracepoint}: {exc}") from exc
         self._attached.append(Attachment("tp_btf", tracepoint, function))
 
+    def tail_call(self, table: str, index: int, function: str) -> None:
+        """Load `function` as a tracepoint program and put it at `index` of the program array
+        `table`, for the probes' tail calls."""
+        try:
+            fd = self._loaded_image().program(function, TRACEPOINT)
+            self.table(table)[ctypes.c_uint32(index)] = ctypes.c_int(fd)
+        except (LoadError, OSError) as exc:
+            raise ProbeError(f"loading {function} for {table}[{index}]: {exc}") from exc
+
     def attachments(self) -> list[Attachment]:
         return list(self._attached)
 

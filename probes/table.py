@@ -48,8 +48,11 @@ def ctype_of(desc: Any) -> Any:
     for member in members:
         if len(member) == 2:
             fields.append((member[0], ctype_of(member[1])))
-        elif isinstance(member[2], list):
-            fields.append((member[0], ctype_of(member[1]) * member[2][0]))
+        elif isinstance(member[2], list):  # an array, of arrays for more dimensions
+            array = ctype_of(member[1])
+            for count in reversed(member[2]):
+                array = array * count
+            fields.append((member[0], array))
         elif isinstance(member[2], int):
             fields.append((member[0], ctype_of(member[1]), member[2]))
         elif member[2] in _COMPOSITES:

@@ -37,7 +37,9 @@ _PROG_TRACEPOINT: Final = 5
 _PROG_RAW_TRACEPOINT: Final = 17
 _PROG_TRACING: Final = 26
 _PROG_LSM: Final = 29
+_ATTACH_TRACE_RAW_TP: Final = 23
 _ATTACH_TRACE_FENTRY: Final = 24
+_HELPER_GET_CURRENT_TASK_BTF: Final = 158
 _ATTACH_LSM_MAC: Final = 27
 _MAP_RINGBUF: Final = 27
 
@@ -164,13 +166,14 @@ def _load(
     attach_type: int = 0,
     attach_btf_id: int = 0,
     kern_version: int = 0,
+    code: bytes = _RETURN_ZERO,
 ) -> int:
-    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    insns = ctypes.create_string_buffer(code, len(code))
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE)
     attr = _ProgLoadAttr(
         prog_type=prog_type,
-        insn_cnt=len(_RETURN_ZERO) // 8,
+        insn_cnt=len(code) // 8,
         insns=ctypes.addressof(insns),
         license=ctypes.addressof(license_),
         log_level=1,
@@ -372,6 +375,39 @@ def probe_bpf_lsm(paths: KernelPaths, btf: BtfFunctions | None = None) -> Probe:
     """BPF_PROG_TYPE_LSM / BPF_LSM_MAC on the file_open hook (returns 0: allow)."""
     btf = btf or BtfFunctions(paths.btf)
     return _probe_btf_attach("bpf_lsm", btf, _PROG_LSM, _ATTACH_LSM_MAC, (_LSM_HOOK,))
+
+
+def probe_btf_loads(task_tgid_offset: int) -> Probe:
+    """Plain loads through a BTF-typed pointer in a tracepoint program: the current task from
+    bpf_get_current_task_btf(), then its tgid at `task_tgid_offset` (from BTF). The verifier
+    checks the load against BTF; refused on kernels before 5.11 or without BTF."""
+
+    def attempt(fds: ExitStack) -> str:
+        code = b"".join(
+            (
+                struct.pack("<BBhi", 0x85, 0, 0, _HELPER_GET_CURRENT_TASK_BTF),  # call
+                struct.pack("<BBhi", 0x61, 0x00, task_tgid_offset, 0),  # r0 = *(u32 *)(r0 + off)
+                _RETURN_ZERO,
+            )
+        )
+        _load(fds, _PROG_TRACEPOINT, code=code)
+        return "a tracepoint program read task_struct.tgid with a plain load"
+
+    return _run("btf_loads", attempt)
+
+
+def probe_tp_btf(tracepoint: str, type_id: int | None) -> Probe:
+    """BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP (tp_btf) on `tracepoint`, by the type id of its
+    btf_trace_<tracepoint> typedef (None: the kernel's BTF has none)."""
+
+    def attempt(fds: ExitStack) -> str:
+        if type_id is None:
+            raise _Unavailable(f"no btf_trace_{tracepoint} in the kernel's BTF")
+        prog = _load(fds, _PROG_TRACING, attach_type=_ATTACH_TRACE_RAW_TP, attach_btf_id=type_id)
+        _raw_tracepoint_open(fds, None, prog)
+        return f"attached to tp_btf/{tracepoint} (BTF id {type_id})"
+
+    return _run("tp_btf", attempt)
 
 
 PROBE_NAMES: Final = ("tracepoint", "raw_tracepoint", "ringbuf", "kprobe", "fentry", "bpf_lsm")
