@@ -77,6 +77,20 @@ RAW_PROTOTYPES: dict[str, tuple[str, ...]] = {
     "mm_page_free": ("struct page *",),
     "mm_page_free_batched": ("struct page *",),
 }
+# The free tracepoints: attached only when outstanding bytes are tracked (ALLOC_TRACK_LIVE).
+FREES = frozenset({"kfree", "kmem_cache_free", "mm_page_free", "mm_page_free_batched"})
+
+
+# Tracepoints whose address argument is a struct pointer (struct page *): tp_btf would type
+# it, and the verifier forbids the arithmetic of hashing a typed pointer: raw, always.
+UNTYPED_ONLY = frozenset({"mm_page_alloc", "mm_page_free", "mm_page_free_batched"})
+
+
+def raw_function(tracepoint: str) -> str:
+    """The C function for a raw (or tp_btf) tracepoint."""
+    return f"alloc_raw_{tracepoint}"
+
+
 CACHE_FIELDS = {
     "OFF_KMEM_CACHE_SIZE": "size",
     "OFF_KMEM_CACHE_OBJECT_SIZE": "object_size",

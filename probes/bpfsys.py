@@ -24,6 +24,7 @@ MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
 MAP_GET_NEXT_KEY = 4
 PROG_LOAD = 5
+PROG_GET_FD_BY_ID = 13
 OBJ_GET_INFO_BY_FD = 15
 RAW_TRACEPOINT_OPEN = 17
 BTF_LOAD = 18
@@ -437,6 +438,12 @@ def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
     buf = ctypes.create_string_buffer(name.encode()) if name is not None else None
     attr = _RawTracepointAttr(name=0 if buf is None else ctypes.addressof(buf), prog_fd=prog_fd)
     return bpf(RAW_TRACEPOINT_OPEN, attr)
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """An fd of the loaded program with this id (OSError ENOENT when it is gone)."""
+    attr = (ctypes.c_uint32 * 3)(prog_id, 0, 0)
+    return syscall(SYS_BPF, PROG_GET_FD_BY_ID, ctypes.byref(attr), ctypes.sizeof(attr))
 
 
 def enable_stats() -> int:

@@ -539,6 +539,16 @@ static __always_inline void denial_exe(struct denial_record *r, kptr_t task)
 }
 #endif
 
+/* The current process's id (a typed load where allowed: no helper call on the hot path). */
+static __always_inline u32 denial_tgid(kptr_t task)
+{
+#if AUDITD_BTF_LOADS
+    return K_U32(task, OFF_TASK_TGID);
+#else
+    return bpf_get_current_pid_tgid() >> 32;
+#endif
+}
+
 /* Count nothing; send one record unless it is a repeat inside the window or quieted. */
 static __always_inline void denial_emit(void *ctx, kptr_t task, u64 cgroup_id, u64 now_j,
                                         u32 syscall, u32 err, u32 source, u32 cause_cap,
@@ -556,11 +566,10 @@ static __always_inline void denial_emit(void *ctx, kptr_t task, u64 cgroup_id, u
     long len = denial_read_target(r, kind, arg, arg2);
     u64 *seed = denial_seed.lookup(&zero);
     r->target_hash = denial_hash(r, len, seed ? *seed : 0);
-    u64 pid_tgid = bpf_get_current_pid_tgid();
     struct denial_recent_key key = {
         .target_hash = r->target_hash,
         .start_time = auditd_process_start(task),
-        .tgid = pid_tgid >> 32,
+        .tgid = denial_tgid(task),
         .syscall = syscall,
         .err = err,
         .source = source,
@@ -569,6 +578,7 @@ static __always_inline void denial_emit(void *ctx, kptr_t task, u64 cgroup_id, u
     if (!seen)
         return;
     /* A new combination, or a new window: the rest of the record. */
+    u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 uid_gid = bpf_get_current_uid_gid();
     r->ktime_ns = bpf_ktime_get_ns();
     r->cgroup_id = cgroup_id;

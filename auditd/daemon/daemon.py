@@ -31,6 +31,7 @@ from auditd.model.event import Event
 from auditd.model.filter import KernelFilter
 from auditd.policy.language import Policy
 from auditd.signals.denials.event import Denial
+from auditd.signals.denials.monitor import DenialMonitor
 from exporters.families import Family, counter, gauge
 from exporters.prometheus import MetricsServer
 from probes.runtime import DropKind, ProbeSet

@@ -18,6 +18,7 @@ from auditd.config.schema import Config, TufConfig
 from auditd.config.yamlfile import resolve_path
 from auditd.daemon.enrich import Enricher
 from auditd.daemon.sinks import LogSink
+from auditd.kernel.btf import Btf
 from auditd.kernel.cgroups import CgroupResolver, cgroup2_path
 from auditd.kernel.context import kernel_context
 from auditd.kernel.paths import KernelPaths
@@ -119,6 +120,7 @@ def build_probe_set(
     daemon never carries the compiler) or taken from the image cache in the state directory."""
     kernel = kernel_context(paths, log)
     specs = [spec for monitor in monitors for spec in monitor.probe_specs(kernel)]
+    Btf.forget()  # planned: the kernel's BTF (several MB) is not needed any more
     base = [f"-DRINGBUF_PAGES={config.probes.ringbuf_pages}", *kernel.plan.cflags]
     compiler = None
     if daemon:

@@ -316,6 +316,11 @@ class Btf:
         ids = self._ids_named(name, frozenset({_FUNC}))
         return ids[0] if ids else None
 
+    @staticmethod
+    def forget() -> None:
+        """Drop the file read by `load` (several MB): for when planning is done."""
+        _LOADED.clear()
+
     def tracepoint_type_id(self, name: str) -> int | None:
         """Type id of the ``btf_trace_<name>`` typedef: what a tp_btf program attaches by."""
         ids = self._ids_named(f"btf_trace_{name}", frozenset({_TYPEDEF}))
