@@ -196,6 +196,8 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         with self._signals():
             probes = build_probe_set(self.config, self.monitors, self.paths, self.log, daemon=True)
+            if any(isinstance(m, DenialMonitor) and m.exe_in_kernel for m in self.monitors):
+                self.enricher.exe = None  # the records carry it: no /proc look-ups
             started = time.monotonic()
             await asyncio.to_thread(self.resolver.rescan)
             try:

@@ -1,7 +1,7 @@
 """The enrichment stage, on the event loop: the one place an event learns where it happened (its
 cgroup path and service), which executable refused (denials, where the kernel could not say),
-and whose namespace a setns target is. Answers come from caches; a miss is looked up in a worker thread (cgroup walk,
-/proc reads), so the loop never blocks on the file system."""
+and whose namespace a setns target is. Answers come from caches; a miss is looked up in a
+worker thread (cgroup walk, /proc reads), so the loop never blocks on the file system."""
 
 from __future__ import annotations
 
