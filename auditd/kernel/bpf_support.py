@@ -13,16 +13,14 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from auditd.kernel.btf import Btf, BtfError
 from auditd.kernel.paths import KernelPaths, find_tracefs, present
 from auditd.model.errnos import errno_text
 from probes.perf import PerfEventAttr as _PerfEventAttr
 from probes.perf import syscall as _syscall
 from probes.perf import tracepoint_dir, tracepoint_id
-
-if TYPE_CHECKING:
-    from auditd.kernel.btf import Btf
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 _SYS_PERF_EVENT_OPEN: Final = 298
@@ -322,6 +320,10 @@ class BtfFunctions:
         self._btf: Btf | None = None
         self._error: str | None = None
 
+    def btf(self) -> Btf:
+        """The BTF itself (_Unavailable when it cannot be read)."""
+        return self._load()
+
     def first(self, names: Sequence[str]) -> tuple[str, int]:
         """The first of *names* that BTF describes as a FUNC, with its type id."""
         btf = self._load()
@@ -332,11 +334,6 @@ class BtfFunctions:
 
     def _load(self) -> Btf:
         if self._btf is None and self._error is None:
-            from auditd.kernel.btf import (  # the reader costs a second: only when asked
-                Btf,
-                BtfError,
-            )
-
             if not present(self.path):
                 self._error = f"no BTF at {self.path}"
             else:
@@ -377,16 +374,22 @@ def probe_bpf_lsm(paths: KernelPaths, btf: BtfFunctions | None = None) -> Probe:
     return _probe_btf_attach("bpf_lsm", btf, _PROG_LSM, _ATTACH_LSM_MAC, (_LSM_HOOK,))
 
 
-def probe_btf_loads(task_tgid_offset: int) -> Probe:
+def probe_btf_loads(task_tgid_offset: int | BtfFunctions) -> Probe:
     """Plain loads through a BTF-typed pointer in a tracepoint program: the current task from
     bpf_get_current_task_btf(), then its tgid at `task_tgid_offset` (from BTF). The verifier
     checks the load against BTF; refused on kernels before 5.11 or without BTF."""
 
     def attempt(fds: ExitStack) -> str:
+        offset = task_tgid_offset
+        if isinstance(offset, BtfFunctions):
+            try:
+                offset = offset.btf().offsetof("task_struct", "tgid")
+            except BtfError as exc:
+                raise _Unavailable(str(exc)) from exc
         code = b"".join(
             (
                 struct.pack("<BBhi", 0x85, 0, 0, _HELPER_GET_CURRENT_TASK_BTF),  # call
-                struct.pack("<BBhi", 0x61, 0x00, task_tgid_offset, 0),  # r0 = *(u32 *)(r0 + off)
+                struct.pack("<BBhi", 0x61, 0x00, offset, 0),  # r0 = *(u32 *)(r0 + offset)
                 _RETURN_ZERO,
             )
         )
@@ -396,11 +399,14 @@ def probe_btf_loads(task_tgid_offset: int) -> Probe:
     return _run("btf_loads", attempt)
 
 
-def probe_tp_btf(tracepoint: str, type_id: int | None) -> Probe:
+def probe_tp_btf(tracepoint: str, type_id: int | BtfFunctions | None) -> Probe:
     """BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP (tp_btf) on `tracepoint`, by the type id of its
     btf_trace_<tracepoint> typedef (None: the kernel's BTF has none)."""
 
     def attempt(fds: ExitStack) -> str:
+        nonlocal type_id
+        if isinstance(type_id, BtfFunctions):
+            type_id = type_id.btf().tracepoint_type_id(tracepoint)
         if type_id is None:
             raise _Unavailable(f"no btf_trace_{tracepoint} in the kernel's BTF")
         prog = _load(fds, _PROG_TRACING, attach_type=_ATTACH_TRACE_RAW_TP, attach_btf_id=type_id)
@@ -410,7 +416,16 @@ def probe_tp_btf(tracepoint: str, type_id: int | None) -> Probe:
     return _run("tp_btf", attempt)
 
 
-PROBE_NAMES: Final = ("tracepoint", "raw_tracepoint", "ringbuf", "kprobe", "fentry", "bpf_lsm")
+PROBE_NAMES: Final = (
+    "tracepoint",
+    "raw_tracepoint",
+    "ringbuf",
+    "kprobe",
+    "fentry",
+    "bpf_lsm",
+    "tp_btf",
+    "btf_loads",
+)
 
 
 def probe_all(paths: KernelPaths) -> tuple[Probe, ...]:
@@ -423,4 +438,6 @@ def probe_all(paths: KernelPaths) -> tuple[Probe, ...]:
         probe_kprobe(paths),
         probe_fentry(paths, btf),
         probe_bpf_lsm(paths, btf),
+        probe_tp_btf("sys_enter", btf),
+        probe_btf_loads(btf),
     )
