@@ -410,6 +410,8 @@ def probe_tp_btf(tracepoint: str, type_id: int | BtfFunctions | None) -> Probe:
         if type_id is None:
             raise _Unavailable(f"no btf_trace_{tracepoint} in the kernel's BTF")
         prog = _load(fds, _PROG_TRACING, attach_type=_ATTACH_TRACE_RAW_TP, attach_btf_id=type_id)
+        if not attach:
+            return f"loaded for tp_btf/{tracepoint} (BTF id {type_id})"
         _raw_tracepoint_open(fds, None, prog)
         return f"attached to tp_btf/{tracepoint} (BTF id {type_id})"
 

@@ -72,7 +72,7 @@ def kernel_context(paths: KernelPaths, log: Any) -> KernelContext:
             type_id = Btf.load(paths.btf).tracepoint_type_id(TP_BTF_PROBE)
         except BtfError:
             type_id = None
-        tp = probe_tp_btf(TP_BTF_PROBE, type_id)
+        tp = probe_tp_btf(TP_BTF_PROBE, type_id, attach=False)  # start-up must not wait
         tp_off = "" if tp.available else tp.detail
     if loads_off == "":
         plan = dataclasses.replace(plan, cflags=(*plan.cflags, "-DAUDITD_BTF_LOADS=1"))
