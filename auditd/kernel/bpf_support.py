@@ -399,9 +399,12 @@ def probe_btf_loads(task_tgid_offset: int | BtfFunctions) -> Probe:
     return _run("btf_loads", attempt)
 
 
-def probe_tp_btf(tracepoint: str, type_id: int | BtfFunctions | None) -> Probe:
+def probe_tp_btf(
+    tracepoint: str, type_id: int | BtfFunctions | None, *, attach: bool = True
+) -> Probe:
     """BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP (tp_btf) on `tracepoint`, by the type id of its
-    btf_trace_<tracepoint> typedef (None: the kernel's BTF has none)."""
+    btf_trace_<tracepoint> typedef (None: the kernel's BTF has none). Without `attach`, only
+    loaded (the verifier checks the target): no tracepoint registration, nothing to wait for."""
 
     def attempt(fds: ExitStack) -> str:
         nonlocal type_id
