@@ -10,8 +10,10 @@ Every ns/run includes the accounting itself and the dispatch to the program (two
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,14 +64,31 @@ class Cost:
     ns_per_run: float
 
 
-def delta(before: dict[int, Sample], after: dict[int, Sample]) -> dict[str, Cost]:
+def full_names(ids: set[int]) -> dict[int, str]:
+    """Program names beyond the 15 bytes the kernel keeps, from their BTF (through bpftool;
+    without it, the short names)."""
+    names: dict[int, str] = {}
+    for prog_id in ids:
+        with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+            out = subprocess.run(
+                ["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            names[prog_id] = str(json.loads(out.stdout)["name"])
+    return names
+
+
+def delta(
+    before: dict[int, Sample], after: dict[int, Sample], names: dict[int, str] | None = None
+) -> dict[str, Cost]:
     """Runs and ns/run between two samples, by program name (programs of one name summed)."""
     runs: dict[str, int] = {}
     ns: dict[str, int] = {}
     for prog_id, a in after.items():
         b = before.get(prog_id, Sample(a.name, 0, 0))
-        runs[a.name] = runs.get(a.name, 0) + a.runs - b.runs
-        ns[a.name] = ns.get(a.name, 0) + a.ns - b.ns
+        name = (names or {}).get(prog_id, a.name)
+        runs[name] = runs.get(name, 0) + a.runs - b.runs
+        ns[name] = ns.get(name, 0) + a.ns - b.ns
     return {n: Cost(n, runs[n], ns[n] / runs[n] if runs[n] else float("nan")) for n in runs}
 
 

@@ -157,6 +157,7 @@ class ProbeSet:
         self._poll_timeout_ms = poll_timeout_ms
         self._loaded: LoadedImage | None = None
         self._links: list[int] = []
+        self._held = perf.PerfHolder()
         self._attached: list[Attachment] = []
         self._rings: RingBuffers | None = None
         self._thread: threading.Thread | None = None
@@ -281,7 +282,7 @@ class ProbeSet:
             if self.tracefs is None:
                 raise OSError("tracefs is not mounted")
             fd = loaded.program(function, TRACEPOINT)
-            self._links.append(perf.attach(self.tracefs, category, event, fd))
+            self._links.append(perf.attach(self.tracefs, category, event, fd, self._held))
         except (LoadError, OSError) as exc:
             raise ProbeError(f"attaching {function} to {tracepoint}: {exc}") from exc
         self._attached.append(Attachment("tracepoint", tracepoint, function))
@@ -319,8 +320,9 @@ class ProbeSet:
         return self._loaded.programs() if self._loaded is not None else {}
 
     def _release(self) -> None:
-        perf.close_all(self._links)
+        perf.close_all(self._links)  # detaches the programs
         self._links.clear()
+        self._held.close()  # the perf events: released by the kernel, after us
         self._attached.clear()
         if self._rings is not None:
             self._rings.close()
