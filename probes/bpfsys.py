@@ -10,7 +10,7 @@ import errno
 import functools
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,16 +215,16 @@ def map_batch(
     capacity: int,
     *,
     delete: bool = False,
-) -> list[tuple[bytes, bytes]]:
-    """Every entry in as few BPF_MAP_LOOKUP(_AND_DELETE)_BATCH calls as fit `capacity` entries
-    (hash maps only). OSError EINVAL/ENOTSUPP when the kernel or map type has no batch ops."""
-    chunk = max(1, min(capacity, 4096))
+) -> Iterator[tuple[bytes, bytes]]:
+    """Every entry, a few hundred per BPF_MAP_LOOKUP(_AND_DELETE)_BATCH call, handed over as it
+    comes (a big map is never held twice in memory). OSError EINVAL/ENOTSUPP, on the first
+    step, when the kernel or the map type has no batch operations."""
+    chunk = max(1, min(capacity, 512))
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
     token_in = ctypes.create_string_buffer(max(key_size, 8))
     token_out = ctypes.create_string_buffer(max(key_size, 8))
     cmd = MAP_LOOKUP_AND_DELETE_BATCH if delete else MAP_LOOKUP_BATCH
-    out: list[tuple[bytes, bytes]] = []
     first = True
     while True:
         attr = _BatchAttr(
@@ -244,14 +244,12 @@ def map_batch(
             done = True  # the last (possibly partial) chunk
         raw_keys, raw_values = keys.raw, values.raw
         for i in range(attr.count):
-            out.append(
-                (
-                    raw_keys[i * key_size : (i + 1) * key_size],
-                    raw_values[i * value_size : (i + 1) * value_size],
-                )
+            yield (
+                raw_keys[i * key_size : (i + 1) * key_size],
+                raw_values[i * value_size : (i + 1) * value_size],
             )
         if done or attr.count == 0:
-            return out
+            return
         ctypes.memmove(token_in, token_out, len(token_out))
         first = False
 

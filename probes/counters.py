@@ -51,12 +51,8 @@ class SlotCounters(abc.ABC, Generic[H]):
         """The key an owner record stands for (None: free, or half-claimed)."""
 
     def _claimed(self) -> dict[int, H]:
-        try:
-            entries = list(self._owners.items_lookup_batch())
-        except NotImplementedError:
-            entries = list(self._owners.items())
         found: dict[int, H] = {}
-        for slot, owner in entries:
+        for slot, owner in self._owners.nonzero_items():
             key = self.key_of(owner)
             if key is not None:
                 found[slot if isinstance(slot, int) else int(slot.value)] = key

@@ -4,6 +4,7 @@ counter and dedup maps (raw numbers; auditd/signals/denials gives them meaning).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,18 +232,18 @@ def read_recent(recent: Any, cache: Any) -> dict[DedupKey, tuple[int, int]]:
     two reads makes this read short by them (the next one has them), never count them twice.
     """
     entries = {DedupKey.of(k): [v.seen, v.last_sent_ns] for k, v in _items(recent)}
-    for _, per_cpu in _items(cache):
+    for _, per_cpu in cache.nonzero_items():
         for cached in per_cpu:
             if cached.pending and (key := DedupKey.of(cached.key)) in entries:
                 entries[key][0] += cached.pending
     return {k: (seen, sent) for k, (seen, sent) in entries.items()}
 
 
-def _items(table: Any) -> list[tuple[Any, Any]]:
+def _items(table: Any) -> Iterator[tuple[Any, Any]]:
     try:
-        return list(table.items_lookup_batch())
+        yield from table.items_lookup_batch()
     except NotImplementedError:
-        return list(table.items())
+        yield from table.items()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -213,18 +214,20 @@ class Table:
             except KeyError:
                 continue
 
-    def _batch(self, delete: bool) -> list[tuple[Any, Any]]:
+    def _batch(self, delete: bool) -> Iterator[tuple[Any, Any]]:
+        entries = bpfsys.map_batch(
+            self.fd, ctypes.sizeof(self.Key), self._value_bytes, self.max_entries, delete=delete
+        )
         try:
-            raw = bpfsys.map_batch(
-                self.fd, ctypes.sizeof(self.Key), self._value_bytes, self.max_entries, delete=delete
-            )
+            first = next(entries, None)
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.ENOTSUP, 524):  # 524: ENOTSUPP (kernel-internal)
                 raise NotImplementedError(f"{self.name}: no batch operations here") from exc
             raise
-        return [
-            (_plain(self.Key.from_buffer_copy(k)), _plain(self._decode_value(v))) for k, v in raw
-        ]
+        if first is None:
+            return
+        for k, v in itertools.chain((first,), entries):
+            yield _plain(self.Key.from_buffer_copy(k)), _plain(self._decode_value(v))
 
     def items_lookup_batch(self) -> Iterator[tuple[Any, Any]]:
         """Every entry in few syscalls; scalar keys and values as ints (as BCC gives them).
@@ -233,3 +236,25 @@ class Table:
 
     def items_lookup_and_delete_batch(self) -> Iterator[tuple[Any, Any]]:
         yield from self._batch(delete=True)
+
+    def nonzero_items(self) -> Iterator[tuple[Any, Any]]:
+        """The entries whose value is not all zero bytes (every CPU's, for per-CPU maps), decoded
+        only then: a mostly empty array of thousands of slots costs no object per slot."""
+        zero = bytes(self._value_bytes)
+        entries = bpfsys.map_batch(
+            self.fd, ctypes.sizeof(self.Key), self._value_bytes, self.max_entries
+        )
+        try:
+            first = next(entries, None)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, 524):
+                raise
+            for key, value in self.items():  # no batch reads: one lookup per entry
+                if bytes(self._value_buf(value)) != zero:
+                    yield _plain(key), _plain(value)
+            return
+        if first is None:
+            return
+        for k, v in itertools.chain((first,), entries):
+            if v != zero:
+                yield _plain(self.Key.from_buffer_copy(k)), _plain(self._decode_value(v))

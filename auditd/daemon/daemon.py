@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import os
 import signal
 import time
@@ -45,6 +47,14 @@ _DROP_STAGES = {
     DropKind.SITE_FULL: "site_map",
     DropKind.LIVE_FULL: "live_map",
 }
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the kernel (glibc keeps it otherwise): the
+    daemon's resident size is what its peaks left behind."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 class DaemonError(Exception):
@@ -230,6 +240,7 @@ class Daemon:
                         pid=os.getpid(),
                     )
                     self.notifier.ready(f"attached {', '.join(s.name for s in probes.specs)}")
+                    release_memory()  # start-up's garbage: BTF, the image, plans
                     await self._serve()
                     await self._shutdown(probes)
             finally:
@@ -384,6 +395,7 @@ class Daemon:
             for monitor in self.monitors:
                 for event in await asyncio.to_thread(monitor.housekeeping) or ():
                     await self._handle(event)
+            release_memory()  # what the pass read from the kernel is garbage now
 
     # -- signals and reload ------------------------------------------------------------------
 
