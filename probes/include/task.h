@@ -98,12 +98,14 @@ enum auditd_ns_type {
 
 #if AUDITD_STRUCT_READS
 
+/* No branch on the outcome: the helper zeroes what it cannot read (a NULL base + off is below
+ * the kernel's addresses, so it fails), and a branch per read would split the verifier's view
+ * of a program in two at every read (ns_exit_setns took 0.37 s to verify that way). */
 static __always_inline void *auditd_read_ptr(const void *base, u64 off)
 {
     void *value = 0;
 
-    if (!base || bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + off))
-        return 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + off);
     return value;
 }
 
@@ -111,8 +113,7 @@ static __always_inline u32 auditd_read_u32(const void *base, u64 off)
 {
     u32 value = 0;
 
-    if (!base || bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + off))
-        return 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + off);
     return value;
 }
 
@@ -120,8 +121,7 @@ static __always_inline u64 auditd_read_u64(const void *base, u64 off)
 {
     u64 value = 0;
 
-    if (!base || bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + off))
-        return 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + off);
     return value;
 }
 
