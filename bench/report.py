@@ -192,11 +192,17 @@ def program_stats(
 
 def footprint(r: render.Results, work: Path, daemon: harness.Daemon, quick: bool) -> None:
     loops = work / "loops"
-    warm = []
+    warm, restart = [], []
     for _ in range(3 if quick else 5):
+        # The kernel frees a stopped daemon's perf events in its own workers, ~5 s, holding
+        # the lock every new tracepoint attachment takes: a start right after a stop waits.
+        time.sleep(8)
         with daemon():
             warm.append(daemon.ready_s)
+        with daemon():
+            restart.append(daemon.ready_s)
     shutil.rmtree(work / "state" / "probe-cache", ignore_errors=True)
+    time.sleep(8)
     with daemon() as d:
         cold = d.ready_s
         assert d.proc is not None
@@ -210,13 +216,11 @@ def footprint(r: render.Results, work: Path, daemon: harness.Daemon, quick: bool
     r.footprint += [
         ("VmRSS 30 s after ready", f"{at_30:.1f} MB", "≤ 60 MB"),
         ("VmRSS after 1,000,000 refusals", f"{flooded:.1f} MB", "≤ 60 MB"),
-        (
-            f"ready, wall from exec, warm image cache ({len(warm)} starts)",
-            render.spread(warm) + " s",
-            "≤ 2 s",
-        ),
-        ("ready, wall from exec, cold (compiled in a child)", f"{cold:.2f} s", ""),
-    ]
+        (f"ready, wall from exec, image cached ({len(warm)} starts)",
+         render.spread(warm) + " s", "≤ 2 s"),
+        ("ready, right after the previous daemon stopped", render.spread(restart) + " s", ""),
+        ("ready, no image cached (compiled in a child)", f"{cold:.2f} s", ""),
+    ]  # fmt: skip
 
 
 OTHERS = (
