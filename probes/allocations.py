@@ -77,6 +77,20 @@ RAW_PROTOTYPES: dict[str, tuple[str, ...]] = {
     "mm_page_free": ("struct page *",),
     "mm_page_free_batched": ("struct page *",),
 }
+# The free tracepoints: attached only when outstanding bytes are tracked (ALLOC_TRACK_LIVE).
+FREES = frozenset({"kfree", "kmem_cache_free", "mm_page_free", "mm_page_free_batched"})
+
+
+# Tracepoints whose address argument is a struct pointer (struct page *): tp_btf would type
+# it, and the verifier forbids the arithmetic of hashing a typed pointer: raw, always.
+UNTYPED_ONLY = frozenset({"mm_page_alloc", "mm_page_free", "mm_page_free_batched"})
+
+
+def raw_function(tracepoint: str) -> str:
+    """The C function for a raw (or tp_btf) tracepoint."""
+    return f"alloc_raw_{tracepoint}"
+
+
 CACHE_FIELDS = {
     "OFF_KMEM_CACHE_SIZE": "size",
     "OFF_KMEM_CACHE_OBJECT_SIZE": "object_size",
@@ -156,9 +170,17 @@ def _items(table: Any) -> Iterator[tuple[Any, Any]]:
     """Every entry, in one BPF_MAP_LOOKUP_BATCH where the kernel has it (a syscall per entry
     otherwise: 64k entries took seconds from Python)."""
     try:
-        yield from list(table.items_lookup_batch())
-    except Exception:  # BCC raises bare Exception when the kernel refuses batch operations
+        yield from table.items_lookup_batch()
+    except NotImplementedError:  # the kernel refuses batch operations (raised before any entry)
         yield from table.items()
+
+
+def _nonzero(table: Any) -> Iterator[tuple[Any, Any]]:
+    """The entries that are not all zero (slot tables are mostly empty)."""
+    if hasattr(table, "nonzero_items"):
+        yield from table.nonzero_items()
+    else:
+        yield from ((k, v) for k, v in table.items() if bytes(v) != bytes(len(bytes(v))))
 
 
 def _int(value: Any) -> int:
@@ -191,14 +213,14 @@ class AllocationTables:
 
     def owners(self) -> dict[int, int]:
         """slot -> cgroup id, for claimed slots."""
-        return {_int(k): _int(v) for k, v in _items(self._owners) if _int(v)}
+        return {_int(k): _int(v) for k, v in _nonzero(self._owners)}
 
     def read(self) -> tuple[dict[int, KindUsage], KindUsage]:
         """Exact totals per cgroup (summed over its slots and CPUs), and the overflow slot's."""
         owners = self.owners()
         per_cgroup: dict[int, KindUsage] = {}
         overflow: KindUsage = {}
-        for key, per_cpu in _items(self._totals):
+        for key, per_cpu in _nonzero(self._totals):
             slot = _int(key)
             if slot == self.slots:
                 overflow = self._usage(per_cpu)
@@ -217,35 +239,36 @@ class AllocationTables:
 
     def drain_sites(self) -> list[Site]:
         """Take every sampled call site out of the kernel map (so it never fills with dead
-        processes). An increment racing with the delete is lost: these are samples."""
-        sites = []
+        processes), decoded as it comes. An increment racing with the delete is lost: these are
+        samples."""
         try:
-            entries = list(self._sites.items_lookup_and_delete_batch())
-        except Exception:  # no batch operations: read, then delete key by key
+            return [s for key, per_cpu in self._sites.items_lookup_and_delete_batch()
+                    if (s := self._site(key, per_cpu)) is not None]  # fmt: skip
+        except NotImplementedError:  # no batch operations: read, then delete key by key
             entries = list(self._sites.items())
             for key, _ in entries:
                 with contextlib.suppress(KeyError):
                     del self._sites[key]
-        for key, per_cpu in entries:
-            usage = Usage(
-                sum(v.count for v in per_cpu),
-                sum(v.bytes_req for v in per_cpu),
-                sum(v.bytes_alloc for v in per_cpu),
-            )
-            if not usage.count:
-                continue
-            type_name = next((v.type for v in per_cpu if v.type), b"")
-            sites.append(
-                Site(
-                    key.cgroup_id,
-                    key.call_site,
-                    key.tgid,
-                    _kind(key.kind),
-                    usage,
-                    type_name.decode("utf-8", "backslashreplace"),
-                )
-            )
-        return sites
+            return [s for key, per_cpu in entries if (s := self._site(key, per_cpu)) is not None]
+
+    @staticmethod
+    def _site(key: Any, per_cpu: Any) -> Site | None:
+        usage = Usage(
+            sum(v.count for v in per_cpu),
+            sum(v.bytes_req for v in per_cpu),
+            sum(v.bytes_alloc for v in per_cpu),
+        )
+        if not usage.count:
+            return None
+        type_name = next((v.type for v in per_cpu if v.type), b"")
+        return Site(
+            key.cgroup_id,
+            key.call_site,
+            key.tgid,
+            _kind(key.kind),
+            usage,
+            type_name.decode("utf-8", "backslashreplace"),
+        )
 
     def live(self) -> list[Live]:
         return [

@@ -4,16 +4,33 @@ counter and dedup maps (raw numbers; auditd/signals/denials gives them meaning).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from probes import syscalls
-from probes.counters import CounterMap
+from probes.counters import SlotCounters
 from probes.perf import has_tracepoint
 
 SOURCE = "denials.bpf.c"
 TARGET_LEN = 256
+CACHE_ENTRIES = 1024  # the per-CPU dedup cache (a power of two)
+CAUSE_MAX_AGE_S = 0.010  # a failed capability check causes the refusal that follows this soon
+# The leading arguments of tp_btf/cap_capable the program reads (args[1], args[3], args[4]).
+CAP_PROTOTYPE = (
+    "const struct cred *",
+    "struct user_namespace *",
+    "const struct user_namespace *",
+    "int",
+    "int",
+)
+
+
+def power_of_two(n: int) -> int:
+    """The smallest power of two >= n (slot tables index with a mask)."""
+    return 1 << max(0, (n - 1).bit_length())
+
 
 FLAG_TARGET_TRUNCATED = 1
 FLAG_TARGET_UNREADABLE = 2
@@ -69,8 +86,15 @@ def available_hooks(tracefs: Path | None) -> dict[str, int]:
     return found
 
 
+EXE_DEPTH = 16
+EXE_NAME = 64
+FLAG_EXE_READ = 16
+FLAG_EXE_TRUNCATED = 32
+FLAG_EXE_NAME_CUT = 64
+
+
 class DenialRecord(ctypes.Structure):
-    """Mirror of `struct denial_record`."""
+    """Mirror of `struct denial_record` (records arrive without the unused end of `exe`)."""
 
     _fields_ = (
         ("ktime_ns", ctypes.c_uint64),
@@ -79,6 +103,7 @@ class DenialRecord(ctypes.Structure):
         ("target_int", ctypes.c_int64),
         ("target_int2", ctypes.c_int64),
         ("seen", ctypes.c_uint64),
+        ("start_time", ctypes.c_uint64),
         ("pid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
         ("ppid", ctypes.c_uint32),
@@ -95,19 +120,48 @@ class DenialRecord(ctypes.Structure):
         ("addr", ctypes.c_uint8 * 16),
         ("comm", ctypes.c_char * 16),
         ("target", ctypes.c_char * TARGET_LEN),
-    )
-
-
-class DenialKey(ctypes.Structure):
-    """Mirror of `struct denial_key`."""
-
-    _fields_ = (
-        ("cgroup_id", ctypes.c_uint64),
-        ("syscall", ctypes.c_uint32),
-        ("err", ctypes.c_uint32),
-        ("source", ctypes.c_uint32),
+        ("exe_count", ctypes.c_uint32),
         ("_pad", ctypes.c_uint32),
+        ("exe", ctypes.c_char * (EXE_NAME * EXE_DEPTH)),
     )
+
+
+RECORD_HEAD = DenialRecord.exe.offset  # every record has at least this many bytes
+
+
+def parse(data: bytes) -> DenialRecord:
+    """A record from ring-buffer bytes (sent without the unused end of `exe`); ValueError when
+    shorter than its fixed part."""
+    if len(data) < RECORD_HEAD:
+        raise ValueError(
+            f"Buffer size too small for a denial record: {len(data)} bytes, at least {RECORD_HEAD}"
+        )
+    return DenialRecord.from_buffer_copy(
+        data[: ctypes.sizeof(DenialRecord)].ljust(ctypes.sizeof(DenialRecord), b"\0")
+    )
+
+
+def exe_path(r: DenialRecord) -> str | None:
+    """The executable's path from the record's leaf-first components: absolute when the walk
+    reached the process's root, else starting with ".../" where the components nearest the
+    root are left out. None when the kernel did not read it (no BTF walk, or no executable)."""
+    if not r.flags & FLAG_EXE_READ or r.exe_count == 0:
+        return None
+    raw = bytes(r)[RECORD_HEAD:]  # (r.exe would stop at the first NUL)
+    names = [
+        raw[i * EXE_NAME : (i + 1) * EXE_NAME]
+        .split(b"\0", 1)[0]
+        .decode("utf-8", "backslashreplace")
+        for i in reversed(range(min(r.exe_count, EXE_DEPTH)))
+    ]
+    prefix = ".../" if r.flags & FLAG_EXE_TRUNCATED else "/"
+    return prefix + "/".join(names)
+
+
+class DenialSlot(ctypes.Structure):
+    """Mirror of `struct denial_slot` (a counter slot's owner)."""
+
+    _fields_ = (("cgroup", ctypes.c_uint64), ("rest", ctypes.c_uint64))
 
 
 class DenialCapKey(ctypes.Structure):
@@ -120,46 +174,86 @@ class DenialCapKey(ctypes.Structure):
     )
 
 
+class DenialRecentKey(ctypes.Structure):
+    """Mirror of `struct denial_recent_key`."""
+
+    _fields_ = (
+        ("target_hash", ctypes.c_uint64),
+        ("start_time", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("syscall", ctypes.c_uint32),
+        ("err", ctypes.c_uint32),
+        ("source", ctypes.c_uint32),
+    )
+
+
 class DenialRecent(ctypes.Structure):
     """Mirror of `struct denial_recent` (one dedup-window entry)."""
 
     _fields_ = (
         ("last_sent_ns", ctypes.c_uint64),
+        ("last_sent_j", ctypes.c_uint64),
         ("seen", ctypes.c_uint64),
-        ("sent_seen", ctypes.c_uint64),
+    )
+
+
+class DenialCached(ctypes.Structure):
+    """Mirror of `struct denial_cached` (one per-CPU cache entry in front of denial_recent)."""
+
+    _fields_ = (
+        ("key", DenialRecentKey),
+        ("last_sent_j", ctypes.c_uint64),
+        ("pending", ctypes.c_uint64),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class DedupKey:
-    """A (process, syscall, errno, source, target) combination: a `denial_recent` entry."""
+    """A (process, syscall, errno, source, target) combination: a `denial_recent` entry. The
+    process is its pid and start time (pids are reused)."""
 
     target_hash: int
+    start_time: int
     tgid: int
     syscall: int
     err: int
     source: int
 
+    @classmethod
+    def of(cls, k: Any) -> DedupKey:
+        return cls(k.target_hash, k.start_time, k.tgid, k.syscall, k.err, k.source)
 
-def read_recent(table: Any) -> dict[DedupKey, tuple[int, int]]:
-    """The dedup window entries: key → (refusals seen, monotonic ns of the last record sent)."""
-    return {
-        DedupKey(k.target_hash, k.tgid, k.syscall, k.err, k.source): (v.seen, v.last_sent_ns)
-        for k, v in table.items()
-    }
+
+def read_recent(recent: Any, cache: Any) -> dict[DedupKey, tuple[int, int]]:
+    """The dedup window entries: key → (refusals seen, monotonic ns of the last record sent).
+
+    `seen` is the entry's own count plus the repeats the CPUs' caches still hold for it. The
+    entries are read before the caches: a cache moving its repeats into an entry between the
+    two reads makes this read short by them (the next one has them), never count them twice.
+    """
+    entries = {DedupKey.of(k): [v.seen, v.last_sent_ns] for k, v in _items(recent)}
+    for _, per_cpu in cache.nonzero_items():
+        for cached in per_cpu:
+            if cached.pending and (key := DedupKey.of(cached.key)) in entries:
+                entries[key][0] += cached.pending
+    return {k: (seen, sent) for k, (seen, sent) in entries.items()}
+
+
+def _items(table: Any) -> Iterator[tuple[Any, Any]]:
+    try:
+        yield from table.items_lookup_batch()
+    except NotImplementedError:
+        yield from table.items()
 
 
 @dataclass(frozen=True, slots=True)
 class CounterKey:
-    """One entry of denial_counts, as raw numbers (so it can be deleted)."""
+    """One key of the exact counters, as raw numbers."""
 
     cgroup_id: int
     syscall_nr: int
     errno: int
     source_nr: int
-
-    def raw(self) -> DenialKey:
-        return DenialKey(self.cgroup_id, self.syscall_nr, self.errno, self.source_nr, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +263,21 @@ class CapKey:
     init_user_ns: bool
 
 
-class DenialCounters(CounterMap):
-    """The exact counters in the kernel (denial_counts, denial_cap_counts, denial_overflow)."""
+class DenialCounters(SlotCounters[CounterKey]):
+    """The exact counters in the kernel: the slot table (denial_count_owner, denial_count_vals,
+    whose last slot counts refusals that found none) and denial_cap_counts."""
 
-    def __init__(self, counts: Any, cap_counts: Any, overflow: Any) -> None:
-        super().__init__(counts, overflow)
+    def __init__(self, owners: Any, values: Any, cap_counts: Any) -> None:
+        super().__init__(owners, values)
         self._cap_counts = cap_counts
 
-    def read(self) -> dict[CounterKey, int]:
-        return self._read(lambda k: CounterKey(k.cgroup_id, k.syscall, k.err, k.source))
+    def key_of(self, owner: Any) -> CounterKey | None:
+        if not owner.cgroup or not owner.rest:
+            return None  # free, or being claimed right now
+        rest = owner.rest
+        return CounterKey(
+            owner.cgroup & ~(1 << 63), rest >> 32, (rest >> 8) & 0x7FFFFF, rest & 0xFF
+        )
 
     def read_caps(self) -> dict[CapKey, int]:
         return {

@@ -146,3 +146,28 @@ def test_live_scrape_passes_promtool(daemon: DaemonProcess) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (proc.stdout + proc.stderr).strip() == ""
+
+
+def test_the_daemon_carries_no_compiler_and_its_image_is_cached(daemon: DaemonProcess) -> None:
+    """BCC compiles in a child that is gone: the daemon maps neither libbcc nor LLVM, and the
+    image it loaded is in its state directory's cache for the next start."""
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    assert not [line for line in maps.splitlines() if "libbcc" in line or "LLVM" in line]
+    assert "libbpf.so" in maps  # ring buffers are read through libbpf
+    ready = daemon.wait_for("ready")
+    assert ready["image"] in ("compiled", "cache")
+
+
+def test_a_restart_on_the_same_kernel_and_config_compiles_nothing(tmp_path: Path) -> None:
+    config = _config(tmp_path, f"state_dir: {tmp_path / 'state'}\n")
+    images = []
+    for _ in range(2):
+        d = DaemonProcess(config)
+        try:
+            images.append(d.ready()["image"])
+        finally:
+            assert d.stop() == 0
+    assert images == ["compiled", "cache"]
+    cache = tmp_path / "state" / "probe-cache"
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+    assert len(list(cache.glob("*.image"))) == 1

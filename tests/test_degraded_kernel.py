@@ -65,6 +65,8 @@ def test_doctor_without_btf_names_struct_reads_in_one_line(baseline: dict[str, s
         "struct reads off (namespace inodes, ppid)",
         "fentry/fexit unavailable",
         "BPF-LSM unavailable",
+        "tp_btf unavailable",
+        "BTF-typed loads unavailable",
     }
     assert "struct reads off (namespace inodes, ppid)" not in baseline
     line = lines["struct reads off (namespace inodes, ppid)"]
@@ -73,6 +75,9 @@ def test_doctor_without_btf_names_struct_reads_in_one_line(baseline: dict[str, s
     assert data["btf"] == {"path": MISSING_BTF, "present": False}
     assert data["struct_reads"] is False
     assert lines["fentry/fexit unavailable"].endswith(f"(no BTF at {MISSING_BTF})")
+    # The refusal path's losses without BTF: named with what they cost.
+    assert "/proc/PID/exe" in lines["BTF-typed loads unavailable"]
+    assert "cap_capable" in lines["tp_btf unavailable"]
 
 
 def test_doctor_with_kptr_restrict_names_call_site_symbols_in_one_line(

@@ -43,8 +43,12 @@ def _record(comm: bytes, target: bytes, flags: int = 0, **fields: object) -> byt
         "comm": comm,
         "target": target,
     }
+    exe = fields.pop("exe", b"")
     values.update(fields)
-    return bytes(denials.DenialRecord(**values))
+    record = bytes(denials.DenialRecord(**values))
+    # A char array takes bytes only up to their first NUL: the components go in raw.
+    assert isinstance(exe, bytes)
+    return record[: denials.RECORD_HEAD] + exe.ljust(len(record) - denials.RECORD_HEAD, b"\0")
 
 
 def _decode(data: bytes, offset: int = 0) -> Denial:
@@ -139,7 +143,7 @@ def test_repeats_and_summaries_account_for_every_refusal() -> None:
     first = accountant.on_record(decode(_record(b"x", b"/a", seen=1), 0))
     later = accountant.on_record(decode(_record(b"x", b"/a", seen=7), 0))
     assert (first.repeats, later.repeats) == (0, 5)
-    key = denials.DedupKey(99, 10, 257, 13, 0)
+    key = denials.DedupKey(99, 0, 10, 257, 13, 0)  # start_time 0, as the records have it
     assert accountant.summaries({key: (7, 0)}, 20_000_000_000, 10_000_000_000) == []
     (summary,) = accountant.summaries({key: (12, 0)}, 20_000_000_000, 10_000_000_000)
     assert (summary.repeats, summary.summary, summary.log_fields()["count"]) == (5, True, 5)
@@ -223,3 +227,30 @@ def test_the_readme_lists_exactly_the_sources_the_denials_metric_can_have() -> N
     possible = {decoding.source_of(n).value for n in decoding.SOURCE_NUMBERS.values()}
     assert listed == possible
     assert Source.LANDLOCK.value not in possible  # the kernel cannot tell: README says so
+
+
+def _components(*names: bytes) -> bytes:
+    return b"".join(name.ljust(denials.EXE_NAME, b"\0") for name in names)
+
+
+def test_exe_comes_from_the_kernels_path_components() -> None:
+    read = denials.FLAG_EXE_READ
+    walked = _record(
+        b"cat", b"/x", flags=read, exe_count=3, exe=_components(b"cat", b"bin", b"usr")
+    )
+    assert _decode(walked).exe == "/usr/bin/cat"
+    # Too deep: the components nearest the root are missing, and the path says so.
+    cut = read | denials.FLAG_EXE_TRUNCATED
+    deep = _record(b"cat", b"/x", flags=cut, exe_count=2, exe=_components(b"cat", b"bin"))
+    assert _decode(deep).exe == ".../bin/cat"
+    # Not walked (no BTF: user space reads /proc), or no executable (a kernel thread).
+    assert _decode(_record(b"cat", b"/x")).exe is None
+    assert _decode(_record(b"kworker", b"/x", flags=read, exe_count=0)).exe is None
+
+
+def test_records_arrive_without_the_unused_end_of_exe() -> None:
+    full = _record(b"cat", b"/x", flags=denials.FLAG_EXE_READ, exe_count=1, exe=_components(b"cat"))
+    sent = full[: denials.RECORD_HEAD + denials.EXE_NAME]
+    assert _decode(sent).exe == "/cat"
+    with pytest.raises(ValueError, match="too small"):
+        decode(full[: denials.RECORD_HEAD - 1], 0)

@@ -22,7 +22,8 @@ RELEASE = "6.18.44-test"
 FOREIGN = "6.1.0-56-amd64"
 DOCUMENTED_KEYS = {
     "version", "kernel", "probes", "btf", "headers", "bcc", "tracefs", "audit", "landlock",
-    "cgroup2", "kallsyms", "lsms", "struct_reads", "checks", "minimum_missing", "degradations",
+    "cgroup2", "kallsyms", "lsms", "struct_reads", "libbpf", "hz", "checks", "minimum_missing",
+    "degradations",
 }  # fmt: skip
 MOUNTINFO = (
     "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
@@ -329,7 +330,8 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
     for key in DOCUMENTED_KEYS:
         assert f"``{key}``" in doctor.as_json.__doc__, key
     assert data["bcc"]["compile"] is None
-    assert [check["name"] for check in data["checks"]][1:7] == list(features.PROBE_NAMES)
+    names = [check["name"] for check in data["checks"]]
+    assert names[1 : 1 + len(features.PROBE_NAMES)] == list(features.PROBE_NAMES)
 
 
 def test_table_is_aligned_one_row_per_check(tmp_path: Path) -> None:
@@ -366,3 +368,30 @@ def test_main_reports_the_missing_minimum_on_stderr(
 )
 def test_errno_text_names_the_errno(number: int, text: str) -> None:
     assert errno_text(number) == text
+
+
+def test_kernel_hz_from_the_config_then_the_timer_list(tmp_path: Path) -> None:
+    import gzip
+
+    proc, boot = tmp_path / "proc", tmp_path / "boot"
+    proc.mkdir()
+    boot.mkdir()
+    paths = KernelPaths(proc=proc, boot=boot, release=RELEASE)
+    assert not facts.kernel_hz(paths).known  # nothing to read: assumed, and said why
+    assert "timer_list" in facts.kernel_hz(paths).detail
+    (boot / f"config-{RELEASE}").write_bytes(b"CONFIG_X=y\nCONFIG_HZ=300\n")
+    assert facts.kernel_hz(paths) == facts.Hz(300, str(boot / f"config-{RELEASE}"))
+    with gzip.open(proc / "config.gz", "wb") as f:
+        f.write(b"CONFIG_HZ_100=y\nCONFIG_HZ=100\n")
+    assert facts.kernel_hz(paths).hz == 100  # the running kernel's own config comes first
+
+
+@pytest.mark.needs_root
+def test_kernel_hz_measured_from_jiffies_agrees_with_the_config(tmp_path: Path) -> None:
+    real = facts.kernel_hz(KernelPaths())
+    if not real.known or "timer_list" in real.source:
+        pytest.skip(f"no kernel config to compare with here ({real.source})")
+    (tmp_path / "timer_list").symlink_to("/proc/timer_list")  # and nothing else
+    measured = facts.kernel_hz(KernelPaths(proc=tmp_path, boot=tmp_path))
+    assert measured.source.startswith(str(tmp_path / "timer_list")), measured
+    assert measured.hz == real.hz

@@ -17,6 +17,7 @@ from auditd.kernel.facts import (
     Bcc,
     Compile,
     Headers,
+    Hz,
     Kallsyms,
     Landlock,
     Lsms,
@@ -26,11 +27,13 @@ from auditd.kernel.facts import (
     bcc_compile,
     kallsyms,
     kernel_headers,
+    kernel_hz,
     landlock,
 )
 from auditd.kernel.paths import KernelPaths, find_tracefs, present
+from probes import ringbuf
 
-JSON_VERSION = 1
+JSON_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,8 @@ class Report:
     cgroup2: Cgroup2
     kallsyms: Kallsyms
     lsms: Lsms
+    libbpf: str | None  # why libbpf's ring buffers cannot be used; None when they can
+    hz: Hz
 
     def probe(self, name: str) -> Probe:
         for probe in self.probes:
@@ -95,6 +100,8 @@ def collect(paths: KernelPaths, *, try_bcc_compile: bool = True) -> Report:
         cgroup2=cgroup2_mount(paths),
         kallsyms=kallsyms(paths),
         lsms=active_lsms(paths),
+        libbpf=ringbuf.available(),
+        hz=kernel_hz(paths),
     )
 
 
@@ -142,6 +149,8 @@ def checks(report: Report) -> tuple[Check, ...]:
         ),
         Check("bcc", report.bcc.importable, report.bcc.detail),
         _compile_check(report),
+        Check("libbpf", report.libbpf is None, report.libbpf or f"{ringbuf.LIBRARY} loads"),
+        Check("kernel hz", report.hz.known, f"{report.hz.hz} ({report.hz.source})"),
         Check("tracefs", report.tracefs is not None, str(report.tracefs or "not mounted")),
         Check("audit netlink", report.audit.enabled is not None, report.audit.status_detail),
         Check("audit readlog", report.audit.readlog, report.audit.readlog_detail),
@@ -172,15 +181,17 @@ def render_table(report: Report) -> str:
 def minimum_missing(report: Report) -> str | None:
     """Why the daemon cannot run here, in one line; None when its minimum is met.
 
-    The minimum is tracepoints and ring buffers — and BCC, which loads every probe: a BCC that
-    is not importable, or that was tried and could not compile a tracepoint program, is missing
-    the minimum just as surely.
+    The minimum is tracepoints and ring buffers (and libbpf, which reads them) — and BCC, which
+    compiles every probe: a BCC that is not importable, or that was tried and could not compile
+    a tracepoint program, is missing the minimum just as surely.
     """
     reasons: list[str] = []
     for name, label in (("tracepoint", "tracepoints"), ("ringbuf", "ring buffers")):
         probe = report.probe(name)
         if not probe.available:
             reasons.append(f"{label} unavailable: {probe.detail}")
+    if report.libbpf is not None:
+        reasons.append(f"ring buffers unreadable: {report.libbpf}")
     if not report.bcc.importable:
         reasons.append(f"BCC unavailable: {report.bcc.detail}")
     elif report.bcc_compile is not None and not report.bcc_compile.ok:
@@ -257,6 +268,25 @@ def degradations(report: Report) -> list[str]:
     if report.cgroup2.path is None:
         lines.append(f"service attribution off (cgroup -> service): {report.cgroup2.detail}")
 
+    tp_btf, loads = report.probe("tp_btf"), report.probe("btf_loads")
+    if not tp_btf.available:
+        lines.append(
+            "tp_btf unavailable: cap_capable builds a trace record on every capability check "
+            f"and the allocation hooks are raw tracepoints with helper reads ({tp_btf.detail})"
+        )
+    if not loads.available:
+        lines.append(
+            "BTF-typed loads unavailable: the refusal and allocation hooks read kernel structs "
+            "with helper calls (slower), and a refusing process's executable is read from "
+            "/proc/PID/exe (wrong after an exec, missing once the process is gone or without "
+            f"CAP_SYS_PTRACE) ({loads.detail})"
+        )
+    if not report.hz.known:
+        lines.append(
+            f"kernel tick rate unknown: assumed HZ={report.hz.hz}, so dedup windows and cause "
+            f"ages may be shorter than configured ({report.hz.detail})"
+        )
+
     # Informational: each has a tracepoint fallback, so nothing is lost.
     fallbacks = {
         "raw_tracepoint": "raw tracepoints unavailable: using perf tracepoints",
@@ -311,6 +341,8 @@ def _report_json(report: Report) -> dict[str, Any]:
             "source": report.lsms.source,
         },
         "struct_reads": report.struct_reads,
+        "libbpf": {"available": report.libbpf is None, "detail": report.libbpf or ""},
+        "hz": {"hz": report.hz.hz, "source": report.hz.source},
         "checks": [
             {"name": c.name, "status": c.status, "detail": c.detail} for c in checks(report)
         ],
@@ -322,10 +354,10 @@ def _report_json(report: Report) -> dict[str, Any]:
 def as_json(report: Report) -> dict[str, Any]:
     """The report as JSON-ready data. Keys are stable; new ones only come with a new ``version``.
 
-    - ``version``: 1
+    - ``version``: 2
     - ``kernel``: running release
-    - ``probes``: {tracepoint, raw_tracepoint, ringbuf, kprobe, fentry, bpf_lsm} ->
-      {``available``: bool, ``detail``: str}
+    - ``probes``: {tracepoint, raw_tracepoint, ringbuf, kprobe, fentry, bpf_lsm, tp_btf,
+      btf_loads} -> {``available``: bool, ``detail``: str}
     - ``btf``: {``path``, ``present``}
     - ``headers``: {``path`` (modules/<release>/build), ``target`` (resolved, or null),
       ``release`` (the headers' own, or null), ``matches_running``, ``kheaders`` (bool)}
@@ -339,6 +371,8 @@ def as_json(report: Report) -> dict[str, Any]:
     - ``kallsyms``: {``readable``, ``hidden`` (kptr_restrict zeroes), ``detail``}
     - ``lsms``: {``active``: [names] or null when unknown, ``source``}
     - ``struct_reads``: bool
+    - ``libbpf``: {``available``, ``detail``} (libbpf1's ring buffer API, which reads records)
+    - ``hz``: {``hz``, ``source``} (the kernel's tick rate; source "assumed" when unknown)
     - ``checks``: [{``name``, ``status`` (ok/missing/skipped), ``detail``}] — the table's rows
     - ``minimum_missing``: str or null
     - ``degradations``: [str]

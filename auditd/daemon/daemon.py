@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import os
 import signal
 import time
@@ -31,6 +33,7 @@ from auditd.model.event import Event
 from auditd.model.filter import KernelFilter
 from auditd.policy.language import Policy
 from auditd.signals.denials.event import Denial
+from auditd.signals.denials.monitor import DenialMonitor
 from exporters.families import Family, counter, gauge
 from exporters.prometheus import MetricsServer
 from probes.runtime import DropKind, ProbeSet
@@ -44,6 +47,14 @@ _DROP_STAGES = {
     DropKind.SITE_FULL: "site_map",
     DropKind.LIVE_FULL: "live_map",
 }
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the kernel (glibc keeps it otherwise): the
+    daemon's resident size is what its peaks left behind."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 class DaemonError(Exception):
@@ -194,7 +205,9 @@ class Daemon:
             raise DaemonError(privileges.describe(lacking))
         self._loop = asyncio.get_running_loop()
         with self._signals():
-            probes = build_probe_set(self.config, self.monitors, self.paths, self.log)
+            probes = build_probe_set(self.config, self.monitors, self.paths, self.log, daemon=True)
+            if any(isinstance(m, DenialMonitor) and m.exe_in_kernel for m in self.monitors):
+                self.enricher.exe = None  # the records carry it: no /proc look-ups
             started = time.monotonic()
             await asyncio.to_thread(self.resolver.rescan)
             try:
@@ -213,14 +226,21 @@ class Daemon:
                         MetricsServer(host, port, self.families, self.declared(), self.web)
                     )
                     probes.start(self._deliver_threadsafe, self._reader_failed)
+                    built = probes.report
+                    if built.cache_note:
+                        self.log.warning("probe_cache", note=built.cache_note)
                     self.log.info(
                         "ready",
                         probes=[s.name for s in probes.specs],
                         metrics=server.url,
                         start_s=round(time.monotonic() - started, 3),
+                        image=built.image,
+                        compile_s=round(built.compile_s, 3),
+                        load_s=round(built.load_s, 3),
                         pid=os.getpid(),
                     )
                     self.notifier.ready(f"attached {', '.join(s.name for s in probes.specs)}")
+                    release_memory()  # start-up's garbage: BTF, the image, plans
                     await self._serve()
                     await self._shutdown(probes)
             finally:
@@ -375,6 +395,7 @@ class Daemon:
             for monitor in self.monitors:
                 for event in await asyncio.to_thread(monitor.housekeeping) or ():
                     await self._handle(event)
+            release_memory()  # what the pass read from the kernel is garbage now
 
     # -- signals and reload ------------------------------------------------------------------
 

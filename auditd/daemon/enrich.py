@@ -1,7 +1,7 @@
 """The enrichment stage, on the event loop: the one place an event learns where it happened (its
-cgroup path and service), which executable refused (denials), and whose namespace a setns
-target is. Answers come from caches; a miss is looked up in a worker thread (cgroup walk,
-/proc reads), so the loop never blocks on the file system."""
+cgroup path and service), which executable refused (denials, where the kernel could not say),
+and whose namespace a setns target is. Answers come from caches; a miss is looked up in a
+worker thread (cgroup walk, /proc reads), so the loop never blocks on the file system."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Enricher:
     def __init__(
         self,
         resolver: CgroupResolver,
-        exe: ExeCache,
+        exe: ExeCache | None,
         namespaces: NamespaceIdentity | None = None,
     ) -> None:
         self.resolver = resolver
@@ -30,7 +30,16 @@ class Enricher:
     async def enrich(self, event: Event) -> Event:
         if self.resolver.cached(event.cgroup_id) is None:
             await asyncio.to_thread(self.resolver.path, event.cgroup_id)
-        if isinstance(event, Denial) and event.exe is None and event.pid and not event.summary:
+        # The executable comes from the kernel where it can walk the path (BTF); /proc is the
+        # fallback (wrong after an exec, gone with the process, unreadable without
+        # CAP_SYS_PTRACE for other users' processes): `exe` is None where the kernel reads it.
+        if (
+            self.exe is not None
+            and isinstance(event, Denial)
+            and event.exe is None
+            and event.pid
+            and not event.summary
+        ):
             known, exe = self.exe.cached(event.pid)
             if not known:
                 exe = await asyncio.to_thread(self.exe.lookup, event.pid)

@@ -18,6 +18,7 @@ from auditd.config.schema import Config, TufConfig
 from auditd.config.yamlfile import resolve_path
 from auditd.daemon.enrich import Enricher
 from auditd.daemon.sinks import LogSink
+from auditd.kernel.btf import Btf
 from auditd.kernel.cgroups import CgroupResolver, cgroup2_path
 from auditd.kernel.context import kernel_context
 from auditd.kernel.paths import KernelPaths
@@ -36,10 +37,17 @@ from auditd.signals.namespaces.monitor import NamespaceMonitor
 from exporters.families import Family
 from exporters.prometheus.web import WebConfig
 from exporters.sink import AlertSink
-from probes.runtime import ProbeSet
+from probes.cache import ImageCache, KeyInputs
+from probes.compiler import bcc_version
+from probes.runtime import Compiler, ProbeSet
 
 if TYPE_CHECKING:
     from auditd.policy.fleet.updates import PolicyUpdates
+
+
+# Under the state directory: compiled probe images, reused by a restart on an unchanged
+# kernel and configuration (probes/cache.py).
+PROBE_CACHE = "probe-cache"
 
 
 class Telemetry(Protocol):
@@ -101,12 +109,25 @@ def build_monitors(
 
 
 def build_probe_set(
-    config: Config, monitors: list[Monitor], paths: KernelPaths, log: Any
+    config: Config,
+    monitors: list[Monitor],
+    paths: KernelPaths,
+    log: Any,
+    *,
+    daemon: bool = False,
 ) -> ProbeSet:
+    """The monitors' probes. For the daemon (`daemon`), compiled in a child process (the
+    daemon never carries the compiler) or taken from the image cache in the state directory."""
     kernel = kernel_context(paths, log)
     specs = [spec for monitor in monitors for spec in monitor.probe_specs(kernel)]
+    Btf.forget()  # planned: the kernel's BTF (several MB) is not needed any more
     base = [f"-DRINGBUF_PAGES={config.probes.ringbuf_pages}", *kernel.plan.cflags]
-    return ProbeSet(specs, base, tracefs=kernel.tracefs)
+    compiler = None
+    if daemon:
+        inputs = KeyInputs(bcc_version(), paths.btf, kernel.tracefs, paths.kernel_build)
+        cache = ImageCache(Path(config.state_dir) / PROBE_CACHE)
+        compiler = Compiler(in_child=True, cache=cache, key_inputs=inputs)
+    return ProbeSet(specs, base, tracefs=kernel.tracefs, compiler=compiler)
 
 
 def build(

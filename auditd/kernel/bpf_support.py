@@ -13,16 +13,14 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from auditd.kernel.btf import Btf, BtfError
 from auditd.kernel.paths import KernelPaths, find_tracefs, present
 from auditd.model.errnos import errno_text
 from probes.perf import PerfEventAttr as _PerfEventAttr
 from probes.perf import syscall as _syscall
 from probes.perf import tracepoint_dir, tracepoint_id
-
-if TYPE_CHECKING:
-    from auditd.kernel.btf import Btf
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 _SYS_PERF_EVENT_OPEN: Final = 298
@@ -37,7 +35,9 @@ _PROG_TRACEPOINT: Final = 5
 _PROG_RAW_TRACEPOINT: Final = 17
 _PROG_TRACING: Final = 26
 _PROG_LSM: Final = 29
+_ATTACH_TRACE_RAW_TP: Final = 23
 _ATTACH_TRACE_FENTRY: Final = 24
+_HELPER_GET_CURRENT_TASK_BTF: Final = 158
 _ATTACH_LSM_MAC: Final = 27
 _MAP_RINGBUF: Final = 27
 
@@ -164,13 +164,14 @@ def _load(
     attach_type: int = 0,
     attach_btf_id: int = 0,
     kern_version: int = 0,
+    code: bytes = _RETURN_ZERO,
 ) -> int:
-    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    insns = ctypes.create_string_buffer(code, len(code))
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE)
     attr = _ProgLoadAttr(
         prog_type=prog_type,
-        insn_cnt=len(_RETURN_ZERO) // 8,
+        insn_cnt=len(code) // 8,
         insns=ctypes.addressof(insns),
         license=ctypes.addressof(license_),
         log_level=1,
@@ -319,6 +320,10 @@ class BtfFunctions:
         self._btf: Btf | None = None
         self._error: str | None = None
 
+    def btf(self) -> Btf:
+        """The BTF itself (_Unavailable when it cannot be read)."""
+        return self._load()
+
     def first(self, names: Sequence[str]) -> tuple[str, int]:
         """The first of *names* that BTF describes as a FUNC, with its type id."""
         btf = self._load()
@@ -329,11 +334,6 @@ class BtfFunctions:
 
     def _load(self) -> Btf:
         if self._btf is None and self._error is None:
-            from auditd.kernel.btf import (  # the reader costs a second: only when asked
-                Btf,
-                BtfError,
-            )
-
             if not present(self.path):
                 self._error = f"no BTF at {self.path}"
             else:
@@ -374,7 +374,63 @@ def probe_bpf_lsm(paths: KernelPaths, btf: BtfFunctions | None = None) -> Probe:
     return _probe_btf_attach("bpf_lsm", btf, _PROG_LSM, _ATTACH_LSM_MAC, (_LSM_HOOK,))
 
 
-PROBE_NAMES: Final = ("tracepoint", "raw_tracepoint", "ringbuf", "kprobe", "fentry", "bpf_lsm")
+def probe_btf_loads(task_tgid_offset: int | BtfFunctions) -> Probe:
+    """Plain loads through a BTF-typed pointer in a tracepoint program: the current task from
+    bpf_get_current_task_btf(), then its tgid at `task_tgid_offset` (from BTF). The verifier
+    checks the load against BTF; refused on kernels before 5.11 or without BTF."""
+
+    def attempt(fds: ExitStack) -> str:
+        offset = task_tgid_offset
+        if isinstance(offset, BtfFunctions):
+            try:
+                offset = offset.btf().offsetof("task_struct", "tgid")
+            except BtfError as exc:
+                raise _Unavailable(str(exc)) from exc
+        code = b"".join(
+            (
+                struct.pack("<BBhi", 0x85, 0, 0, _HELPER_GET_CURRENT_TASK_BTF),  # call
+                struct.pack("<BBhi", 0x61, 0x00, offset, 0),  # r0 = *(u32 *)(r0 + offset)
+                _RETURN_ZERO,
+            )
+        )
+        _load(fds, _PROG_TRACEPOINT, code=code)
+        return "a tracepoint program read task_struct.tgid with a plain load"
+
+    return _run("btf_loads", attempt)
+
+
+def probe_tp_btf(
+    tracepoint: str, type_id: int | BtfFunctions | None, *, attach: bool = True
+) -> Probe:
+    """BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP (tp_btf) on `tracepoint`, by the type id of its
+    btf_trace_<tracepoint> typedef (None: the kernel's BTF has none). Without `attach`, only
+    loaded (the verifier checks the target): no tracepoint registration, nothing to wait for."""
+
+    def attempt(fds: ExitStack) -> str:
+        nonlocal type_id
+        if isinstance(type_id, BtfFunctions):
+            type_id = type_id.btf().tracepoint_type_id(tracepoint)
+        if type_id is None:
+            raise _Unavailable(f"no btf_trace_{tracepoint} in the kernel's BTF")
+        prog = _load(fds, _PROG_TRACING, attach_type=_ATTACH_TRACE_RAW_TP, attach_btf_id=type_id)
+        if not attach:
+            return f"loaded for tp_btf/{tracepoint} (BTF id {type_id})"
+        _raw_tracepoint_open(fds, None, prog)
+        return f"attached to tp_btf/{tracepoint} (BTF id {type_id})"
+
+    return _run("tp_btf", attempt)
+
+
+PROBE_NAMES: Final = (
+    "tracepoint",
+    "raw_tracepoint",
+    "ringbuf",
+    "kprobe",
+    "fentry",
+    "bpf_lsm",
+    "tp_btf",
+    "btf_loads",
+)
 
 
 def probe_all(paths: KernelPaths) -> tuple[Probe, ...]:
@@ -387,4 +443,6 @@ def probe_all(paths: KernelPaths) -> tuple[Probe, ...]:
         probe_kprobe(paths),
         probe_fentry(paths, btf),
         probe_bpf_lsm(paths, btf),
+        probe_tp_btf("sys_enter", btf),
+        probe_btf_loads(btf),
     )

@@ -54,6 +54,9 @@ _INDEXED: Final = frozenset({_STRUCT, _UNION, _FUNC, _TYPEDEF})
 _MAX_CHAIN: Final = 64  # typedef/const chains are short; a longer one means a corrupt loop
 
 
+_LOADED: dict[tuple[str, int, int, int], Btf] = {}
+
+
 class BtfError(Exception):
     """The BTF is missing or malformed, or it does not describe what was asked for."""
 
@@ -107,12 +110,24 @@ class Btf:
 
     @classmethod
     def load(cls, path: Path) -> Btf:
-        """Read and index the BTF file at *path* (e.g. ``/sys/kernel/btf/vmlinux``)."""
+        """Read and index the BTF file at *path* (e.g. ``/sys/kernel/btf/vmlinux``). The same
+        unchanged file is read and indexed once per process (several planners ask)."""
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise BtfError(f"cannot read BTF at {path}: {exc.strerror or exc}") from exc
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = _LOADED.get(key)
+        if cached is not None:
+            return cached
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise BtfError(f"cannot read BTF at {path}: {exc.strerror or exc}") from exc
-        return cls(data, str(path))
+        btf = cls(data, str(path))
+        _LOADED.clear()  # one file at a time: a new kernel's BTF replaces the last
+        _LOADED[key] = btf
+        return btf
 
     def _index(self, order: str, pos: int, end: int) -> None:
         # One pass that only records where each type starts; everything else is decoded later.
@@ -299,6 +314,16 @@ class Btf:
     def func_id(self, name: str) -> int | None:
         """Type id of the FUNC called *name* (what fentry/BPF-LSM attach by), or None."""
         ids = self._ids_named(name, frozenset({_FUNC}))
+        return ids[0] if ids else None
+
+    @staticmethod
+    def forget() -> None:
+        """Drop the file read by `load` (several MB): for when planning is done."""
+        _LOADED.clear()
+
+    def tracepoint_type_id(self, name: str) -> int | None:
+        """Type id of the ``btf_trace_<name>`` typedef: what a tp_btf program attaches by."""
+        ids = self._ids_named(f"btf_trace_{name}", frozenset({_TYPEDEF}))
         return ids[0] if ids else None
 
     def tracepoint_args(self, name: str) -> tuple[str, ...] | None:

@@ -236,3 +236,65 @@ def audit_boot_option(paths: KernelPaths) -> str | None:
         return None
     values = [w.partition("=")[2] for w in words if w.startswith("audit=")]
     return values[-1] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Hz:
+    """The kernel's tick rate (CONFIG_HZ): jiffies per second, which probes measure time in on
+    their hot paths (bpf_jiffies64 is an inlined load; bpf_ktime_get_ns a clock read)."""
+
+    hz: int
+    source: str  # where it was found; "assumed" when nowhere
+    detail: str = ""
+
+    @property
+    def known(self) -> bool:
+        return self.source != "assumed"
+
+
+_HZ_CHOICES: Final = (100, 250, 300, 1000)
+_ASSUMED_HZ: Final = 1000  # the highest: windows and cause ages can only come out shorter
+_CONFIG_HZ: Final = re.compile(rb"^CONFIG_HZ=(\d+)$", re.MULTILINE)
+
+
+def kernel_hz(paths: KernelPaths, *, calibrate_s: float = 0.2) -> Hz:
+    """CONFIG_HZ from the kernel's own config (/proc/config.gz, /boot/config-<release>), else
+    measured from /proc/timer_list's jiffies against the monotonic clock, else assumed."""
+    import gzip
+
+    tried: list[str] = []
+    for path, opener in (
+        (paths.proc / "config.gz", gzip.open),
+        (paths.boot / f"config-{paths.release}", open),
+    ):
+        try:
+            with opener(path, "rb") as f:
+                text = f.read()
+        except OSError as exc:
+            tried.append(f"{path}: {errno_text(exc.errno)}")
+            continue
+        if match := _CONFIG_HZ.search(text):
+            return Hz(int(match.group(1)), str(path))
+        tried.append(f"{path}: no CONFIG_HZ")
+    timer_list = paths.proc / "timer_list"
+    try:
+        first = _jiffies(timer_list)
+        time.sleep(calibrate_s)
+        second = _jiffies(timer_list)
+    except (OSError, ValueError) as exc:
+        tried.append(f"{timer_list}: {exc}")
+    else:
+        rate = (second[0] - first[0]) / max(second[1] - first[1], 1e-9)
+        hz = min(_HZ_CHOICES, key=lambda c: abs(c - rate))
+        if abs(hz - rate) <= 0.2 * hz:
+            return Hz(hz, f"{timer_list} (measured {rate:.0f}/s)")
+        tried.append(f"{timer_list}: measured {rate:.0f} jiffies/s, no usual HZ")
+    return Hz(_ASSUMED_HZ, "assumed", "; ".join(tried))
+
+
+def _jiffies(timer_list: Path) -> tuple[int, float]:
+    with open(timer_list, "rb") as f:
+        for line in f:
+            if line.startswith(b"jiffies:"):
+                return int(line.split()[1]), time.monotonic()
+    raise ValueError("no jiffies line")

@@ -23,6 +23,10 @@ FIELDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
         "OFF_TASK_REAL_CRED": ("task_struct", "real_cred"),
         "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
         "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
+        # A process's identity beside its pid (pids are reused): its leader's start time.
+        "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+        "OFF_TASK_START_TIME": ("task_struct", "start_time"),
+        "OFF_TASK_COMM": ("task_struct", "comm"),
         "OFF_CRED_UID": ("cred", "uid.val"),
         "OFF_CRED_USER_NS": ("cred", "user_ns"),
         "OFF_NSPROXY_UTS_NS": ("nsproxy", "uts_ns"),
@@ -89,6 +93,27 @@ OPTIONAL: Final[Mapping[str, tuple[str, str, str]]] = MappingProxyType(
         "OFF_INODE_INO": ("inode", "i_ino", "AUDITD_HAVE_FILE_READS"),
         "OFF_INODE_SB": ("inode", "i_sb", "AUDITD_HAVE_FILE_READS"),
         "OFF_SB_MAGIC": ("super_block", "s_magic", "AUDITD_HAVE_FILE_READS"),
+        # The cgroup id as bpf_get_current_cgroup_id() finds it (task->cgroups->dfl_cgrp->kn
+        # ->id), read with plain loads where the verifier types them (AUDITD_BTF_LOADS).
+        "OFF_TASK_CGROUPS": ("task_struct", "cgroups", "AUDITD_HAVE_CGROUP_LOADS"),
+        "OFF_CSS_SET_DFL_CGRP": ("css_set", "dfl_cgrp", "AUDITD_HAVE_CGROUP_LOADS"),
+        "OFF_CGROUP_KN": ("cgroup", "kn", "AUDITD_HAVE_CGROUP_LOADS"),
+        "OFF_KERNFS_NODE_ID": ("kernfs_node", "id", "AUDITD_HAVE_CGROUP_LOADS"),
+        # The path of a process's executable: mm->exe_file's dentries up to the task's root,
+        # across mounts (denials' `exe`).
+        "OFF_TASK_MM": ("task_struct", "mm", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_TASK_FS": ("task_struct", "fs", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_MM_EXE_FILE": ("mm_struct", "exe_file", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_FS_ROOT": ("fs_struct", "root", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_FILE_PATH": ("file", "f_path", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_PATH_MNT": ("path", "mnt", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_PATH_DENTRY": ("path", "dentry", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_DENTRY_PARENT": ("dentry", "d_parent", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_DENTRY_NAME": ("dentry", "d_name.name", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_VFSMOUNT_ROOT": ("vfsmount", "mnt_root", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_MOUNT_MNT": ("mount", "mnt", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_MOUNT_PARENT": ("mount", "mnt_parent", "AUDITD_HAVE_EXE_WALK"),
+        "OFF_MOUNT_MOUNTPOINT": ("mount", "mnt_mountpoint", "AUDITD_HAVE_EXE_WALK"),
     }
 )
 # Macro name -> struct whose size is needed (array strides).

@@ -18,6 +18,7 @@ class KernelPaths:
     btf: Path = Path("/sys/kernel/btf/vmlinux")
     kallsyms: Path = Path("/proc/kallsyms")
     modules: Path = Path("/lib/modules")
+    boot: Path = Path("/boot")  # config-<release>: the kernel's build configuration
     # BCC looks in the first of these that holds an events/ directory.
     tracefs: tuple[Path, ...] = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
     # cgroup v2 may be the only hierarchy (/sys/fs/cgroup) or sit beside v1 (…/unified);

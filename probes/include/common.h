@@ -35,35 +35,53 @@ static __always_inline int auditd_is_refusal(long ret)
     return ret == -AUDITD_EACCES || ret == -AUDITD_EPERM;
 }
 
+#ifndef AUDITD_BTF_LOADS
+#define AUDITD_BTF_LOADS 0
+#endif
+
 #if AUDITD_HAVE_TASK_PT_REGS
-/* The syscall's own arguments are still in the user register frame at sys_exit: reading them
- * there costs nothing for the syscalls that succeed, unlike saving every argument at entry. */
-static __always_inline u64 auditd_syscall_arg(int index)
+/* The user register frame of the current task (struct pt_regs, BTF-typed). */
+static __always_inline const char *auditd_regs(void)
 {
-    u32 offset;
-    switch (index) {
-    case 0: offset = OFF_PT_REGS_DI; break;
-    case 1: offset = OFF_PT_REGS_SI; break;
-    case 2: offset = OFF_PT_REGS_DX; break;
-    case 3: offset = OFF_PT_REGS_R10; break;
-    case 4: offset = OFF_PT_REGS_R8; break;
-    case 5: offset = OFF_PT_REGS_R9; break;
-    default: return 0;
-    }
+    return (const char *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+}
+
+static __always_inline u64 auditd_reg(const char *regs, u32 offset)
+{
+#if AUDITD_BTF_LOADS
+    return *(const u64 *)(regs + offset); /* a plain load the verifier checks */
+#else
     u64 value = 0;
-    void *regs = (void *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
     bpf_probe_read_kernel(&value, sizeof(value), regs + offset);
     return value;
+#endif
+}
+
+/* The syscall's own arguments are still in the user register frame at sys_exit: reading them
+ * there costs nothing for the syscalls that succeed, unlike saving every argument at entry. */
+static __always_inline u64 auditd_syscall_arg_of(const char *regs, int index)
+{
+    switch (index) {
+    case 0: return auditd_reg(regs, OFF_PT_REGS_DI);
+    case 1: return auditd_reg(regs, OFF_PT_REGS_SI);
+    case 2: return auditd_reg(regs, OFF_PT_REGS_DX);
+    case 3: return auditd_reg(regs, OFF_PT_REGS_R10);
+    case 4: return auditd_reg(regs, OFF_PT_REGS_R8);
+    case 5: return auditd_reg(regs, OFF_PT_REGS_R9);
+    }
+    return 0;
+}
+
+static __always_inline u64 auditd_syscall_arg(int index)
+{
+    return auditd_syscall_arg_of(auditd_regs(), index);
 }
 
 /* The number of the syscall the current task is in (-1 outside one), for hooks that are not
  * syscall tracepoints: capability checks, signal generation. */
 static __always_inline long auditd_current_syscall(void)
 {
-    long nr = -1;
-    void *regs = (void *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
-    bpf_probe_read_kernel(&nr, sizeof(nr), regs + OFF_PT_REGS_ORIG_AX);
-    return nr;
+    return (long)auditd_reg(auditd_regs(), OFF_PT_REGS_ORIG_AX);
 }
 #else
 static __always_inline long auditd_current_syscall(void) { return -1; }

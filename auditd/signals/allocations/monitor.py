@@ -108,7 +108,12 @@ class AllocationMonitor(Monitor):
     def probe_specs(self, kernel: KernelContext) -> list[ProbeSpec]:
         if self._symbols is None:
             self._symbols = KernelSymbols(kernel.paths.kallsyms)
-        self.plan = attach_plan(kernel.paths.btf, want_raw=self.config.attach == "auto")
+        self.plan = attach_plan(
+            kernel.paths.btf,
+            want_raw=self.config.attach == "auto",
+            tp_btf=kernel.tp_btf and kernel.btf_loads,
+            tp_btf_off=kernel.tp_btf_off or kernel.btf_loads_off,
+        )
         if self.plan.reason:
             log.warning("allocation_probes_degraded", reason=self.plan.reason)
         c = self.config
@@ -129,8 +134,17 @@ class AllocationMonitor(Monitor):
                     f"-DALLOC_PAGE_SHIFT={probe.shift_of(_page_size())}",
                     f"-DALLOC_TYPE_LEN={probe.TYPE_LEN}",
                 ),
+                raw_tracepoints=tuple(
+                    (fn, tp) for fn, tp in self.plan.raw_tracepoints if self._hooked(tp)
+                ),
+                btf_tracepoints=tuple(
+                    (fn, tp, type_id) for fn, tp, type_id in self.plan.btf if self._hooked(tp)
+                ),
             )
         ]
+
+    def _hooked(self, tracepoint: str) -> bool:
+        return self.config.track_outstanding or tracepoint not in probe.FREES
 
     def bind(self, probes: ProbeSet) -> None:
         tables = probe.AllocationTables(

@@ -87,7 +87,7 @@ class Decoded:
 def decode(data: bytes, mono_to_wall_ns: int) -> Decoded:
     """One ring-buffer record; its monotonic timestamp shifted by `mono_to_wall_ns`.
     ValueError when the bytes are shorter than the record."""
-    r = DenialRecord.from_buffer_copy(data)
+    r = probe.parse(data)
     source = source_of(r.source)
     syscall = syscall_of(r.syscall)
     detail: tuple[tuple[str, str], ...] = ()
@@ -112,5 +112,7 @@ def decode(data: bytes, mono_to_wall_ns: int) -> Decoded:
         target_truncated=bool(r.flags & probe.FLAG_TARGET_TRUNCATED),
         cause=_cause(r, source),
         detail=detail,
+        exe=probe.exe_path(r),
     )
-    return Decoded(denial, DedupKey(r.target_hash, r.pid, r.syscall, r.err, r.source), r.seen)
+    key = DedupKey(r.target_hash, r.start_time, r.pid, r.syscall, r.err, r.source)
+    return Decoded(denial, key, r.seen)

@@ -4,6 +4,7 @@ across cgroup removal by signals/totals.py), repeats accounted, policy filters p
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -110,6 +111,9 @@ class DenialMonitor(Monitor):
         self.totals: DenialTotals[probe.CounterKey] | None = None
         self._counters: probe.DenialCounters | None = None
         self._recent: Any = None
+        self._cache: Any = None
+        self.exe_in_kernel = False
+        self.cap_btf_off = "not planned yet"
         self._hooks: dict[str, int] = {}
         self._probes: ProbeSet | None = None
         self._enter_hooks = False
@@ -122,6 +126,9 @@ class DenialMonitor(Monitor):
         seccomp = pt_regs and "-DAUDITD_HAVE_SECCOMP_MODE=1" in cflags
         # Entry hooks only where needed: seccomp marks, or saving targets without pt_regs.
         self._enter_hooks = seccomp or not pt_regs
+        # The executable's path walked in the kernel; else enrichment reads /proc/PID/exe.
+        self.exe_in_kernel = kernel.btf_loads and "-DAUDITD_HAVE_EXE_WALK=1" in cflags
+        cap_btf = self._cap_btf(kernel)
         # SELinux denials become causes where SELinux enforces (the tracepoint exists anyway).
         lsms = active_lsms(kernel.paths).names or ()
         self.selinux = "selinux" in lsms
@@ -140,16 +147,42 @@ class DenialMonitor(Monitor):
                 drops="denial_drops",
                 decode=on_record,
                 cflags=(
-                    f"-DDENIAL_COUNTER_ENTRIES={self.config.counter_entries}",
+                    f"-DDENIAL_COUNT_SLOTS={probe.power_of_two(self.config.counter_entries)}",
                     f"-DDENIAL_RECENT_ENTRIES={self.config.recent_entries}",
-                    f"-DDENIAL_WINDOW_NS={int(self.config.window * 1e9)}ULL",
+                    f"-DDENIAL_CACHE_ENTRIES={probe.CACHE_ENTRIES}",
+                    f"-DDENIAL_WINDOW_J={kernel.jiffies(self.config.window)}ULL",
+                    f"-DDENIAL_CAUSE_J={kernel.jiffies(probe.CAUSE_MAX_AGE_S)}ULL",
+                    f"-DDENIAL_CAP_BTF={int(cap_btf is not None)}",
                     f"-DTARGET_LEN={probe.TARGET_LEN}",
+                    f"-DDENIAL_EXE_DEPTH={probe.EXE_DEPTH}",
                     *(["-DDENIAL_SELINUX"] if self.selinux else []),
                 ),
+                btf_tracepoints=(() if cap_btf is None else (cap_btf,)),
             )
         ]
 
+    def _cap_btf(self, kernel: KernelContext) -> tuple[str, str, int] | None:
+        """cap_capable as tp_btf (no trace record built per capability check) where the
+        kernel takes it and its prototype is the one the program reads; else classic."""
+        btf = kernel.btf()
+        if not kernel.tp_btf or btf is None:
+            self.cap_btf_off = kernel.tp_btf_off or "no BTF"
+            return None
+        got = btf.tracepoint_args("cap_capable")
+        type_id = btf.tracepoint_type_id("cap_capable")
+        if got is None or type_id is None or got[: len(probe.CAP_PROTOTYPE)] != probe.CAP_PROTOTYPE:
+            self.cap_btf_off = f"cap_capable takes {got}, expected {probe.CAP_PROTOTYPE} first"
+            return None
+        self.cap_btf_off = ""
+        return ("denial_cap_btf", "cap_capable", type_id)
+
     def bind(self, probes: ProbeSet) -> None:
+        # A new dedup-hash key per start, before any refusal is hashed with the zero key.
+        probes.table("denial_seed")[ctypes.c_uint32(0)] = ctypes.c_uint64(
+            int.from_bytes(os.urandom(8), "little")
+        )
+        if self.exe_in_kernel:
+            probes.tail_call("denial_tail", 0, "denial_send")  # the executable's path, then send
         hooked = probes.table("denial_hooked")
         specs = probes.table("denial_specs")
         for name, nr in self._hooks.items():
@@ -160,11 +193,12 @@ class DenialMonitor(Monitor):
             if self._enter_hooks:
                 probes.attach_tracepoint(f"syscalls:sys_enter_{name}", "denial_enter_hook")
         self._counters = probe.DenialCounters(
-            probes.table("denial_counts"),
+            probes.table("denial_count_owner"),
+            probes.table("denial_count_vals"),
             probes.table("denial_cap_counts"),
-            probes.table("denial_overflow"),
         )
         self._recent = probes.table("denial_recent")
+        self._cache = probes.table("denial_cache")
         self._probes = probes
         self.totals = DenialTotals(self._counters, self._resolver, self._services)
 
@@ -222,6 +256,6 @@ class DenialMonitor(Monitor):
         if self.totals is None or self._recent is None:
             return []
         self.totals.retire_removed()
-        recent = probe.read_recent(self._recent)
+        recent = probe.read_recent(self._recent, self._cache)
         window_ns = int(self.config.window * 1e9)
         return list(self._accountant.summaries(recent, time.monotonic_ns(), window_ns))
