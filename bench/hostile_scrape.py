@@ -109,12 +109,13 @@ def cgroup() -> Iterator[Path]:
                 time.sleep(0.05)
 
 
-def accounted(url: str, timeout: float) -> tuple[float, float]:
-    """(denial records read from the ring buffer, those dropped in the queue or ignored): once
-    the daemon has logged received - dropped of them, the policy has seen every one."""
+def accounted(url: str, timeout: float) -> tuple[float, float, float]:
+    """(denial records read from the ring buffer, those dropped in the queue or ignored, those
+    the ring buffer had no room for): once the daemon has logged received - dropped of them,
+    the policy has seen every one that reached it."""
     with urllib.request.urlopen(url, timeout=max(timeout, 1.0)) as resp:
         text = resp.read().decode()
-    got = gone = 0.0
+    got = gone = lost = 0.0
     for line in text.splitlines():
         if not line.startswith("bpf_auditd_events_") or 'probe="denials"' not in line:
             continue
@@ -125,7 +126,9 @@ def accounted(url: str, timeout: float) -> tuple[float, float]:
             line.startswith("bpf_auditd_events_dropped_total") and 'stage="queue"' in line
         ):
             gone += value
-    return got, gone
+        elif line.startswith("bpf_auditd_events_dropped_total"):
+            lost += value
+    return got, gone, lost
 
 
 def summary(name: str, latencies: list[float]) -> dict[str, float]:
@@ -148,6 +151,12 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of baseline scraping")
     ap.add_argument("--tree", type=Path, default=ROOT, help="checkout whose daemon runs")
     ap.add_argument("--limit", type=float, default=600.0, help="give up waiting after S s")
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=0.0005,
+        help="seconds between opens (0: as fast as it can; the ring buffer then drops most)",
+    )
     ap.add_argument("--no-ignore-glob", action="store_true")
     ap.add_argument(
         "--benign", action="store_true", help="harmless patterns, same matches: the baseline"
@@ -176,14 +185,16 @@ def main() -> None:
                     "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
                 )
                 out = subprocess.run(
-                    [sys.executable, "-c", prologue + WORKLOAD, str(args.names), str(work)],
+                    [sys.executable, "-c", prologue + WORKLOAD, str(args.names), str(work),
+                     str(args.pause)],
                     capture_output=True, text=True, timeout=args.limit, check=True,
                 )  # fmt: skip
                 workload_s = time.monotonic() - started
                 # Until the daemon has logged every refusal that reached it (or the limit).
+                lost = 0.0
                 while (left := args.limit - (time.monotonic() - started)) > 0:
                     try:
-                        got, gone = accounted(url, left)
+                        got, gone, lost = accounted(url, left)
                     except OSError:  # no answer within the limit
                         break
                     if daemon.denials >= got - gone:
@@ -195,7 +206,8 @@ def main() -> None:
     print(
         f"{'benign' if args.benign else 'hostile'} patterns, tree {args.tree}: {args.names} names, "
         f"{int(out.stdout)} refused in {workload_s:.1f} s; {daemon.denials} refusals (of any "
-        f"process on the host) through the policy; {total_s:.1f} s until all were"
+        f"process on the host) through the policy; {total_s:.1f} s until all were; {lost:.0f} "
+        "lost before user space (ring buffer, maps)"
     )
     base = summary("idle", idle.latencies)
     load = summary("hostile", hostile.latencies)

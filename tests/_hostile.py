@@ -37,11 +37,14 @@ def policy(*, ignore_glob: bool = True, benign: bool = False) -> str:
 # creating a name there, or opening anything under `locked/`, is refused with EACCES. Every
 # name is distinct (the kernel folds repeats of one name). Prints how many were refused.
 WORKLOAD = r"""
-import os, sys
+import os, sys, time
 n = int(sys.argv[1])
 os.chdir(sys.argv[2])
+pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0  # seconds between opens
 refused = 0
 for i in range(n):
+    if pause:
+        time.sleep(pause)
     shape = i % 4
     if shape == 0:    # '(a+)+$': every split of the a's tried before the '!' fails it
         name = "a" * 28 + "!" + str(i)
