@@ -242,7 +242,7 @@ class Table:
         only then: a mostly empty array of thousands of slots costs no object per slot."""
         zero = bytes(self._value_bytes)
         entries = bpfsys.map_batch(
-            self.fd, ctypes.sizeof(self.Key), self._value_bytes, self.max_entries
+            self.fd, ctypes.sizeof(self.Key), self._value_bytes, self.max_entries, nonzero=True
         )
         try:
             first = next(entries, None)
@@ -256,5 +256,4 @@ class Table:
         if first is None:
             return
         for k, v in itertools.chain((first,), entries):
-            if v != zero:
-                yield _plain(self.Key.from_buffer_copy(k)), _plain(self._decode_value(v))
+            yield _plain(self.Key.from_buffer_copy(k)), _plain(self._decode_value(v))

@@ -127,6 +127,36 @@ def test_maps_through_bpf2_behave_as_mappings() -> None:
         loaded.close()
 
 
+SPARSE = """
+struct owner { u64 id; u32 a; u32 b; };
+BPF_ARRAY(owners, struct owner, 20000);
+int touch(void *ctx) { u32 k = 0; struct owner *o = owners.lookup(&k); if (o) o->a++; return 0; }
+"""
+
+
+@pytest.mark.needs_bpf
+def test_nonzero_items_finds_exactly_the_used_slots_across_chunks() -> None:
+    # 20,000 slots of 16 bytes are read in two chunks: used slots at both ends of each chunk,
+    # and values whose only non-zero byte is their last, must all be found, and nothing else.
+    from probes.loader import LoadedImage
+
+    loaded = LoadedImage(compile_image(SPARSE, []))
+    try:
+        owners = loaded.table("owners")
+        chunk = bpfsys._BATCH_BYTES // ctypes.sizeof(owners.Leaf)
+        used = {0: (1, 0, 0), chunk - 1: (0, 0, 1 << 24), chunk: (0, 1, 0), 19_999: (7, 0, 0)}
+        used[12_345] = (0, 0, 1)
+        for slot, (ident, a, b) in used.items():
+            owners[slot] = owners.Leaf(id=ident, a=a, b=b)
+        found = {k: (v.id, v.a, v.b) for k, v in owners.nonzero_items()}
+        assert found == used
+        assert sum(1 for _ in owners.items_lookup_batch()) == 20_000
+        owners.clear()
+        assert list(owners.nonzero_items()) == []
+    finally:
+        loaded.close()
+
+
 @pytest.mark.needs_bpf
 def test_a_compile_in_a_child_gives_what_one_in_process_gives() -> None:
     here = compile_image(PROGRAM, ["-DX=1"])
