@@ -129,7 +129,11 @@ def _wait_for(proc: subprocess.Popen[str], marker: str, timeout: float, what: st
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             said = [line.strip() for line in seen if line.strip()]
-            raise Unavailable(f"{what} exited {proc.returncode}: {(said or ['(nothing)'])[-1]}")
+            why = (said or ["(nothing)"])[-1]
+            if any("BPF.TRACING" in line for line in said):
+                # BCC says "Need super-user privileges" whenever the kernel refuses a program.
+                why = f"its fentry program (BPF.TRACING) was refused by this kernel ({why})"
+            raise Unavailable(f"{what} exited {proc.returncode}: {why}")
         if select.select([proc.stdout], [], [], 0.2)[0]:
             line = proc.stdout.readline()
             seen.append(line)

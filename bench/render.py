@@ -46,7 +46,9 @@ def markdown(r: Results, chart: str | None) -> str:
         f"Each figure is the workload's cost with the setting over its cost alone (1.00: free),"
         f" median [range] of {r.rounds} interleaved rounds (alone, with, alone: each ratio is"
         " over the mean of the runs either side). Loops are timed in their own CPU time"
-        " (the BPF programs run in their syscalls), redis by its throughput.",
+        " (the BPF programs run in their syscalls), redis by its throughput. Each setting is"
+        " timed a little after it attached and each alone run a few seconds after the setting"
+        " left (`--settle`): a start or stop keeps kernel workers busy for seconds.",
         "",
     ]
     if chart:

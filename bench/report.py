@@ -43,6 +43,10 @@ from harness import Unavailable, Workload
 
 # Settings --skip can leave out, by the word it takes.
 SKIPPABLE = {"Linux auditd": "auditd", "BCC tool": "bcc", "floor (bpftrace)": "bpftrace"}
+# Seconds to wait after a setting attached, and after it left before timing "alone" again. A
+# start patches tracepoint sites and a stop frees perf events in kernel workers for seconds;
+# their interrupts and callbacks land in whatever thread runs, the timed loop included.
+SETTLE = {"in": 2.0, "out": 6.0}
 REPORT_TARGETS = {
     "refused_open": "≤ 1.30x",
     "getppid": "≤ 1.05x",
@@ -143,11 +147,13 @@ def matrix(
                         continue
                     try:
                         with setting():
+                            time.sleep(SETTLE["in"])
                             value = w.run()
                     except Unavailable as exc:
                         r.unavailable[w.name, name] = str(exc)
                         print(f"  {w.name}: {name}: not measured: {exc}", flush=True)
                         continue
+                    time.sleep(SETTLE["out"])
                     after = w.run()
                     r.alone[w.name].append(after)
                     ratio = w.cost(value, (before + after) / 2)
@@ -167,7 +173,9 @@ def program_stats(
         for w in loads:
             if w.name == "redis":
                 continue
+            time.sleep(SETTLE["out"])
             with start() as held:
+                time.sleep(SETTLE["in"])
                 pid = (
                     held.proc.pid if isinstance(held, harness.Daemon) and held.proc else os.getpid()
                 )
@@ -267,7 +275,16 @@ def main() -> int:
         help="sections, settings or scripts to leave out: matrix stats footprint auditd bcc "
         "bpftrace allocations denials namespaces kernel_filter advise soak",
     )
+    parser.add_argument(
+        "--settle",
+        nargs=2,
+        type=float,
+        default=(SETTLE["in"], SETTLE["out"]),
+        metavar=("IN", "OUT"),
+        help="seconds to wait after a setting attached and after it left (default: 2 6)",
+    )
     args = parser.parse_args()
+    SETTLE["in"], SETTLE["out"] = args.settle
     if os.geteuid() != 0:
         sys.exit("bench/report.py: must run as root (loads eBPF programs, runs Linux auditd)")
     skip = set(args.skip)
