@@ -24,16 +24,18 @@ from probes import bpfsys
 from probes.bpfsys import syscall
 
 __all__ = [
+    "PERF_TYPE_TRACEPOINT",
     "PerfEventAttr",
     "PerfHolder",
     "attach",
     "close_all",
     "has_tracepoint",
+    "perf_event_open",
     "syscall",
     "tracepoint_id",
 ]
 
-_PERF_TYPE_TRACEPOINT = 2
+PERF_TYPE_TRACEPOINT = 2
 _PERF_SAMPLE_RAW = 1 << 10
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
 
@@ -55,6 +57,21 @@ class PerfEventAttr(ctypes.Structure):
         ("config1", ctypes.c_uint64),
         ("config2", ctypes.c_uint64),
     )
+
+
+def perf_event_open(pmu_type: int, config: int, config1: int = 0) -> int:
+    """A perf event of PMU `pmu_type` for every task, opened on CPU 0 with pid -1 (as BCC does:
+    a BPF program attached to it runs on every CPU); returns its fd. OSError."""
+    attr = PerfEventAttr(
+        type=pmu_type,
+        size=ctypes.sizeof(PerfEventAttr),
+        config=config,
+        sample_period=1,
+        sample_type=_PERF_SAMPLE_RAW,
+        wakeup_events=1,
+        config1=config1,
+    )
+    return syscall(bpfsys.SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
 
 
 def tracepoint_dir(tracefs: Path, category: str, event: str) -> Path:
@@ -101,18 +118,7 @@ class PerfHolder:
 
 def attach(tracefs: Path, category: str, event: str, prog_fd: int, holder: PerfHolder) -> int:
     """Link a tracepoint program to a classic tracepoint; returns the link fd. OSError."""
-    attr = PerfEventAttr(
-        type=_PERF_TYPE_TRACEPOINT,
-        size=ctypes.sizeof(PerfEventAttr),
-        config=tracepoint_id(tracefs, category, event),
-        sample_period=1,
-        sample_type=_PERF_SAMPLE_RAW,
-        wakeup_events=1,
-    )
-    # pid -1, cpu 0: a tracepoint event fires for every task on every CPU (as BCC does).
-    perf_fd = syscall(
-        bpfsys.SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC
-    )
+    perf_fd = perf_event_open(PERF_TYPE_TRACEPOINT, tracepoint_id(tracefs, category, event))
     try:
         link = bpfsys.link_perf_event(prog_fd, perf_fd)
         try:

@@ -28,7 +28,7 @@ LAYERS = (
 )
 # Inside signals: one package per probe family; they share only these modules.
 SIGNALS = "auditd.signals"
-SIGNALS_SHARED = ("auditd.signals.monitor", "auditd.signals.totals")
+SIGNALS_SHARED = ("auditd.signals.monitor", "auditd.signals.repeats", "auditd.signals.totals")
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -18,33 +18,18 @@ from typing import Final
 from auditd.kernel.btf import Btf, BtfError
 from auditd.kernel.paths import KernelPaths, find_tracefs, present
 from auditd.model.errnos import errno_text
-from probes.perf import PerfEventAttr as _PerfEventAttr
-from probes.perf import syscall as _syscall
-from probes.perf import tracepoint_dir, tracepoint_id
+from probes import bpfsys
+from probes.perf import PERF_TYPE_TRACEPOINT, perf_event_open, tracepoint_dir, tracepoint_id
 
-# x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-_SYS_PERF_EVENT_OPEN: Final = 298
-_SYS_BPF: Final = 321
-
-# From include/uapi/linux/bpf.h.
-_BPF_MAP_CREATE: Final = 0
-_BPF_PROG_LOAD: Final = 5
-_BPF_RAW_TRACEPOINT_OPEN: Final = 17
+# From include/uapi/linux/bpf.h: what probes.bpfsys (the daemon's own bpf(2) layer) has no use
+# for; the rest is its.
 _PROG_KPROBE: Final = 2
-_PROG_TRACEPOINT: Final = 5
-_PROG_RAW_TRACEPOINT: Final = 17
-_PROG_TRACING: Final = 26
 _PROG_LSM: Final = 29
-_ATTACH_TRACE_RAW_TP: Final = 23
 _ATTACH_TRACE_FENTRY: Final = 24
 _HELPER_GET_CURRENT_TASK_BTF: Final = 158
 _ATTACH_LSM_MAC: Final = 27
-_MAP_RINGBUF: Final = 27
 
 # From include/uapi/linux/perf_event.h.
-_PERF_TYPE_TRACEPOINT: Final = 2
-_PERF_SAMPLE_RAW: Final = 1 << 10
-_PERF_FLAG_FD_CLOEXEC: Final = 1 << 3
 _PERF_EVENT_IOC_SET_BPF: Final = 0x40042408  # _IOW('$', 8, __u32)
 
 
@@ -67,54 +52,6 @@ class Probe:
     name: str
     available: bool
     detail: str
-
-
-# --- raw syscalls -------------------------------------------------------------------------------
-
-
-class _ProgLoadAttr(ctypes.Structure):
-    # union bpf_attr for BPF_PROG_LOAD up to attach_prog_fd; the kernel zero-fills the rest.
-    _fields_ = (
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16),
-        ("prog_ifindex", ctypes.c_uint32),
-        ("expected_attach_type", ctypes.c_uint32),
-        ("prog_btf_fd", ctypes.c_uint32),
-        ("func_info_rec_size", ctypes.c_uint32),
-        ("func_info", ctypes.c_uint64),
-        ("func_info_cnt", ctypes.c_uint32),
-        ("line_info_rec_size", ctypes.c_uint32),
-        ("line_info", ctypes.c_uint64),
-        ("line_info_cnt", ctypes.c_uint32),
-        ("attach_btf_id", ctypes.c_uint32),
-        ("attach_prog_fd", ctypes.c_uint32),
-    )
-
-
-class _MapCreateAttr(ctypes.Structure):
-    _fields_ = (
-        ("map_type", ctypes.c_uint32),
-        ("key_size", ctypes.c_uint32),
-        ("value_size", ctypes.c_uint32),
-        ("max_entries", ctypes.c_uint32),
-        ("map_flags", ctypes.c_uint32),
-    )
-
-
-class _RawTracepointAttr(ctypes.Structure):
-    _fields_ = (("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32))
-
-
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    return _syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
 
 
 # --- probes -------------------------------------------------------------------------------------
@@ -169,7 +106,7 @@ def _load(
     insns = ctypes.create_string_buffer(code, len(code))
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE)
-    attr = _ProgLoadAttr(
+    attr = bpfsys.ProgLoadAttr(
         prog_type=prog_type,
         insn_cnt=len(code) // 8,
         insns=ctypes.addressof(insns),
@@ -183,37 +120,24 @@ def _load(
         attach_btf_id=attach_btf_id,
     )
     try:
-        return _keep(fds, _bpf(_BPF_PROG_LOAD, attr))
+        return _keep(fds, bpfsys.bpf(bpfsys.PROG_LOAD, attr))
     except OSError as exc:
         raise _refused("load", exc, log.value.decode(errors="replace")) from exc
 
 
 def _raw_tracepoint_open(fds: ExitStack, name: str | None, prog_fd: int) -> int:
     # With name NULL the kernel attaches a tracing/LSM program to the target it was loaded for.
-    buf = ctypes.create_string_buffer(name.encode()) if name is not None else None
-    attr = _RawTracepointAttr(name=ctypes.addressof(buf) if buf is not None else 0, prog_fd=prog_fd)
     try:
-        return _keep(fds, _bpf(_BPF_RAW_TRACEPOINT_OPEN, attr))
+        return _keep(fds, bpfsys.raw_tracepoint_open(prog_fd, name))
     except OSError as exc:
         raise _refused("attach", exc) from exc
 
 
 def _perf_event_open(fds: ExitStack, pmu_type: int, config: int, config1: int = 0) -> int:
-    attr = _PerfEventAttr(
-        type=pmu_type,
-        size=ctypes.sizeof(_PerfEventAttr),
-        config=config,
-        sample_period=1,
-        sample_type=_PERF_SAMPLE_RAW,
-        wakeup_events=1,
-        config1=config1,
-    )
     try:
-        # pid -1, cpu 0, no group: what BCC does; the program runs on every CPU regardless.
-        fd = _syscall(_SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+        return _keep(fds, perf_event_open(pmu_type, config, config1))
     except OSError as exc:
         raise _refused("perf_event_open", exc) from exc
-    return _keep(fds, fd)
 
 
 def _set_bpf(event_fd: int, prog_fd: int) -> None:
@@ -245,8 +169,8 @@ def probe_tracepoint(paths: KernelPaths) -> Probe:
     def attempt(fds: ExitStack) -> str:
         category, event = _TRACEPOINT
         tp_id = _tracepoint_id(paths, category, event)
-        prog = _load(fds, _PROG_TRACEPOINT)
-        _set_bpf(_perf_event_open(fds, _PERF_TYPE_TRACEPOINT, tp_id), prog)
+        prog = _load(fds, bpfsys.PROG_TRACEPOINT)
+        _set_bpf(_perf_event_open(fds, PERF_TYPE_TRACEPOINT, tp_id), prog)
         return f"attached to {category}:{event} (id {tp_id}) through perf_event_open"
 
     return _run("tracepoint", attempt)
@@ -256,7 +180,7 @@ def probe_raw_tracepoint() -> Probe:
     """BPF_PROG_TYPE_RAW_TRACEPOINT attached with BPF_RAW_TRACEPOINT_OPEN to sys_enter."""
 
     def attempt(fds: ExitStack) -> str:
-        _raw_tracepoint_open(fds, _RAW_TRACEPOINT, _load(fds, _PROG_RAW_TRACEPOINT))
+        _raw_tracepoint_open(fds, _RAW_TRACEPOINT, _load(fds, bpfsys.PROG_RAW_TRACEPOINT))
         return f"attached to raw tracepoint {_RAW_TRACEPOINT}"
 
     return _run("raw_tracepoint", attempt)
@@ -267,9 +191,9 @@ def probe_ringbuf() -> Probe:
 
     def attempt(fds: ExitStack) -> str:
         size = os.sysconf("SC_PAGE_SIZE") * _RINGBUF_PAGES
-        attr = _MapCreateAttr(map_type=_MAP_RINGBUF, max_entries=size)
+        attr = bpfsys.MapCreateAttr(map_type=bpfsys.MAP_RINGBUF, max_entries=size)
         try:
-            _keep(fds, _bpf(_BPF_MAP_CREATE, attr))
+            _keep(fds, bpfsys.bpf(bpfsys.MAP_CREATE, attr))
         except OSError as exc:
             raise _refused("map create", exc) from exc
         return f"created a {size}-byte ring buffer map"
@@ -365,7 +289,9 @@ def _probe_btf_attach(
 def probe_fentry(paths: KernelPaths, btf: BtfFunctions | None = None) -> Probe:
     """BPF_PROG_TYPE_TRACING / BPF_TRACE_FENTRY on a stable function found in BTF."""
     btf = btf or BtfFunctions(paths.btf)
-    return _probe_btf_attach("fentry", btf, _PROG_TRACING, _ATTACH_TRACE_FENTRY, _TARGET_FUNCTIONS)
+    return _probe_btf_attach(
+        "fentry", btf, bpfsys.PROG_TRACING, _ATTACH_TRACE_FENTRY, _TARGET_FUNCTIONS
+    )
 
 
 def probe_bpf_lsm(paths: KernelPaths, btf: BtfFunctions | None = None) -> Probe:
@@ -393,7 +319,7 @@ def probe_btf_loads(task_tgid_offset: int | BtfFunctions) -> Probe:
                 _RETURN_ZERO,
             )
         )
-        _load(fds, _PROG_TRACEPOINT, code=code)
+        _load(fds, bpfsys.PROG_TRACEPOINT, code=code)
         return "a tracepoint program read task_struct.tgid with a plain load"
 
     return _run("btf_loads", attempt)
@@ -412,7 +338,9 @@ def probe_tp_btf(
             type_id = type_id.btf().tracepoint_type_id(tracepoint)
         if type_id is None:
             raise _Unavailable(f"no btf_trace_{tracepoint} in the kernel's BTF")
-        prog = _load(fds, _PROG_TRACING, attach_type=_ATTACH_TRACE_RAW_TP, attach_btf_id=type_id)
+        prog = _load(
+            fds, bpfsys.PROG_TRACING, attach_type=bpfsys.ATTACH_TRACE_RAW_TP, attach_btf_id=type_id
+        )
         if not attach:
             return f"loaded for tp_btf/{tracepoint} (BTF id {type_id})"
         _raw_tracepoint_open(fds, None, prog)

@@ -1,65 +1,14 @@
-"""Repeats of a namespace change within its dedup window: the kernel counts them (`seen` per
-dedup key, namespaces.bpf.c); this turns that running count into `repeats` on records, and into
-summaries for floods that stopped inside their window, so no repeat goes unreported."""
+"""Repeats of a namespace change within its dedup window (namespaces.bpf.c counts them; the
+shared accountant, fed decoded records)."""
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Mapping
-
+from auditd.signals import repeats
 from auditd.signals.namespaces.decode import Decoded
 from auditd.signals.namespaces.event import NamespaceChange
 from probes.namespaces import DedupKey
 
 
-class RepeatAccountant:
-    """Per dedup key: the calls already reported, and the last record (what a summary shows).
-    Bounded: at most `limit` keys, the least recently recorded forgotten first (a forgotten
-    key's later repeats come with its next record, whose `seen` still counts them)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._accounted: OrderedDict[DedupKey, int] = OrderedDict()
-        self._last: dict[DedupKey, NamespaceChange] = {}
-        self._lock = threading.Lock()  # the reader thread records, housekeeping summarizes
-
-    def __len__(self) -> int:
-        return len(self._accounted)
-
+class RepeatAccountant(repeats.RepeatAccountant[DedupKey, NamespaceChange]):
     def on_record(self, decoded: Decoded) -> NamespaceChange:
-        key = decoded.key
-        with self._lock:
-            before = self._accounted.get(key)
-            repeats = decoded.seen - 1 - (before if before is not None else 0)
-            self._accounted[key] = max(decoded.seen, before or 0)
-            self._accounted.move_to_end(key)
-            change = dataclasses.replace(decoded.change, repeats=max(repeats, 0))
-            self._last[key] = change
-            while len(self._accounted) > self.limit:
-                old, _ = self._accounted.popitem(last=False)
-                self._last.pop(old, None)
-        return change
-
-    def summaries(
-        self, recent: Mapping[DedupKey, tuple[int, int]], now_mono_ns: int, window_ns: int
-    ) -> list[NamespaceChange]:
-        """Summaries for combinations idle for a window with repeats no record has reported."""
-        out = []
-        with self._lock:
-            for key, (seen, last_sent_ns) in recent.items():
-                before = self._accounted.get(key)
-                last = self._last.get(key)
-                if before is None or last is None or seen <= before:
-                    continue
-                if now_mono_ns - last_sent_ns < window_ns:
-                    continue  # still inside the window: the next record will carry them
-                self._accounted[key] = seen
-                out.append(
-                    dataclasses.replace(
-                        last, repeats=seen - before, summary=True, time_ns=time.time_ns()
-                    )
-                )
-        return out
+        return self.account(decoded.key, decoded.seen, decoded.change)
