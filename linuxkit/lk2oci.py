@@ -47,6 +47,7 @@ SPEC_VERSION = "1.2.1"
 # BuildKit's environment for an image FROM scratch: what an image without ENV gets.
 DEFAULT_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 # Every capability LinuxKit knows (moby/sys/capability's ListKnown): an unknown one is an error.
+# A copy, as this runs with PyYAML alone; tests/test_lk2oci.py keeps it equal to the daemon's.
 ALL_CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
     "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",

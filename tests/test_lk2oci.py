@@ -378,3 +378,11 @@ def test_the_command_line_reports_one_located_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == f"lk2oci: {image_yml}:5: ambient[0]: unknown capability CAP_NOPE\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_converter_knows_the_capabilities_the_daemon_names() -> None:
+    """lk2oci keeps its own copy of LinuxKit's capability list (it runs with PyYAML alone, at
+    image build time): the copy must not drift from the daemon's one table."""
+    from auditd.model.capabilities import NAMES
+
+    assert tuple(lk2oci.ALL_CAPABILITIES) == tuple(NAMES)
