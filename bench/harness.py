@@ -128,6 +128,7 @@ def _wait_for(proc: subprocess.Popen[str], marker: str, timeout: float, what: st
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            seen += proc.stdout.readlines()  # what it said last, before it exited
             said = [line.strip() for line in seen if line.strip()]
             why = (said or ["(nothing)"])[-1]
             if any("BPF.TRACING" in line for line in said):
