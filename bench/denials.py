@@ -16,23 +16,13 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-
-def build_loops(workdir: Path) -> Path:
-    binary = workdir / "loops"
-    subprocess.run(["cc", "-O2", "-o", str(binary), str(HERE / "loops.c")], check=True)
-    return binary
+import harness
 
 
 def secret_file(workdir: Path) -> Path:
@@ -47,78 +37,6 @@ def run_loop(loops: Path, args: list[str]) -> float:
     """Wall-clock ns per operation (the loop prints CPU time first, then wall time)."""
     out = subprocess.run([str(loops), *args], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[1])
-
-
-@contextlib.contextmanager
-def bpf_auditd(workdir: Path) -> Iterator[None]:
-    config = workdir / "config.yaml"
-    config.write_text("metrics:\n  listen: '127.0.0.1:0'\nlog:\n  level: warning\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "auditd", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        # With log level warning the only way to know the probes are attached is the metrics
-        # port answering; poll /proc for the listening socket instead of parsing logs.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("bpf-auditd exited during start-up")
-            if _listening(proc.pid):
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("bpf-auditd did not start")
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def _listening(pid: int) -> bool:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                return True
-    return False
-
-
-@contextlib.contextmanager
-def linux_auditd() -> Iterator[None]:
-    """Linux auditd with the rule that watches what bpf-auditd's denial probe watches."""
-    status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
-    was_enabled = next(
-        line.split()[1] for line in status.splitlines() if line.startswith("enabled")
-    )
-    subprocess.run(["auditd"], check=True)  # daemonizes; registers itself as the audit daemon
-    try:
-        subprocess.run(["auditctl", "-e", "1"], check=True, capture_output=True)
-        subprocess.run(
-            ["auditctl", "-a", "always,exit", "-F", "arch=b64", "-S", "openat",
-             "-F", "exit=-EACCES", "-k", "bpf-auditd-bench"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-        time.sleep(0.5)
-        yield
-    finally:
-        subprocess.run(["auditctl", "-D"], capture_output=True, check=False)
-        pid_file = Path("/var/run/auditd.pid")
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            time.sleep(1)
-        subprocess.run(["auditctl", "-e", was_enabled], capture_output=True, check=False)
 
 
 def main() -> int:
@@ -136,17 +54,18 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {"open_eacces": {}, "getppid": {}}
     with tempfile.TemporaryDirectory(prefix="bpf-auditd-bench-") as tmp:
         workdir = Path(tmp)
-        loops = build_loops(workdir)
         secret = secret_file(workdir)
+        loops = harness.build("loops.c", workdir)
+        daemon = harness.Daemon(workdir)
         workloads = {
             "open_eacces": ["open", str(secret), str(args.ops)],
             "getppid": ["getppid", str(args.ops * 5)],
         }
-        settings: list[tuple[str, contextlib.AbstractContextManager[None]]] = []
+        settings: list[tuple[str, contextlib.AbstractContextManager[object]]] = []
         for _ in range(args.rounds):
-            settings = [("alone", contextlib.nullcontext()), ("bpf-auditd", bpf_auditd(workdir))]
+            settings = [("alone", contextlib.nullcontext()), ("bpf-auditd", daemon())]
             if use_auditd:
-                settings.append(("linux-auditd", linux_auditd()))
+                settings.append(("linux-auditd", harness.linux_auditd(harness.REFUSAL_RULE)))
             for name, setting in settings:
                 with setting:
                     for workload, argv in workloads.items():
