@@ -11,13 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _jsonlines import JsonLines
 from _workload import scratch_cgroup
 
 HERE = Path(__file__).resolve().parent
@@ -95,20 +95,8 @@ class Advise:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.lines: list[dict[str, Any]] = []
-        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                entry = {"event": "<not json>", "line": line}
-            self.lines.append(entry)
-            self._new.put(entry)
+        log = JsonLines(self.proc.stderr)
+        self.lines, self._new, self._reader = log.lines, log.new, log.thread
 
     def wait_for(self, event: str, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -9,11 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from _jsonlines import JsonLines
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -40,22 +41,10 @@ class DaemonProcess:
             text=True,
             env=None if env is None else {**os.environ, **env},
         )
-        self.lines: list[dict[str, Any]] = []
-        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        log = JsonLines(self.proc.stdout)
+        self.lines, self._new, self._reader = log.lines, log.new, log.thread
         self.metrics_url = ""
         self.stderr = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                entry = {"event": "<not json>", "line": line}
-            self.lines.append(entry)
-            self._new.put(entry)
 
     def wait_for(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
         for entry in self.lines:

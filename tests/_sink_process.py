@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _jsonlines import JsonLines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,20 +30,8 @@ class SinkProcess:
             text=True,
             cwd=ROOT,
         )
-        self.lines: list[dict[str, Any]] = []
-        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                entry = {"event": "<not json>", "line": line}
-            self.lines.append(entry)
-            self._new.put(entry)
+        log = JsonLines(self.proc.stdout)
+        self.lines, self._new, self._reader = log.lines, log.new, log.thread
 
     def wait_for(self, event: str, timeout: float = 30.0) -> dict[str, Any]:
         for entry in list(self.lines):
