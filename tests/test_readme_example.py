@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import re
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _daemon import DaemonProcess
+from _jsonlines import JsonLines
 
 pytestmark = pytest.mark.needs_bpf
 
@@ -36,10 +35,8 @@ class ScriptDaemon(DaemonProcess):
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.lines: list[dict[str, Any]] = []
-        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        log = JsonLines(self.proc.stdout)
+        self.lines, self._new, self._reader = log.lines, log.new, log.thread
         self.metrics_url = ""
         self.stderr = ""
 
